@@ -1,0 +1,59 @@
+"""The suite's events: what its middleware did for the current message.
+
+Cache hits, deferrals, waits, breaker changes and outages are recorded here
+once.  Each event becomes an event on the current OpenTelemetry span (a no-op
+when no SDK is configured) and is passed to every listener, which is how the
+``Telemetry`` middleware turns them into metrics without the other middleware
+knowing about it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry import trace
+
+__all__ = ["EventListener", "add_listener", "record", "remove_listener"]
+
+logger = logging.getLogger(__name__)
+
+#: A listener gets the event's name (``"cache.hit"``) and its attributes.
+EventListener = Callable[[str, Mapping[str, Any]], None]
+
+_listeners: tuple[EventListener, ...] = ()
+_listeners_lock = threading.Lock()
+
+
+def add_listener(listener: EventListener) -> None:
+    """Call ``listener(name, attributes)`` for every event from now on."""
+    global _listeners
+    with _listeners_lock:
+        if listener not in _listeners:
+            _listeners = (*_listeners, listener)
+
+
+def remove_listener(listener: EventListener) -> None:
+    """Stop calling ``listener``; unknown listeners are ignored."""
+    global _listeners
+    with _listeners_lock:
+        _listeners = tuple(known for known in _listeners if known != listener)
+
+
+def record(name: str, /, **attributes: Any) -> None:
+    """Record event ``name`` (such as ``"cache.hit"``) with low-cardinality attributes.
+
+    A listener that raises is logged and does not stop the message: events
+    are observations, never control flow.
+    """
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.add_event(f"turbo.{name}", attributes)
+    # Read the tuple once: listeners may be added by another thread meanwhile.
+    for listener in _listeners:
+        try:
+            listener(name, attributes)
+        except Exception:
+            logger.exception("Event listener %r failed on %r.", listener, name)

@@ -1,0 +1,174 @@
+"""The suite's one shared store: safe Redis clients, keys, server time and Lua scripts.
+
+Every middleware of the suite keeps its shared state (limits, breakers, cache)
+in Redis so that all worker processes on all hosts agree.  This module gives
+them one way to connect, to name keys, to read the server's clock and to load
+their Lua scripts.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.commands.core import Script
+from redis.retry import Retry
+
+__all__ = [
+    "RedisLike",
+    "connect_redis",
+    "connect_redis_like",
+    "hash_key",
+    "load_script",
+    "redis_time_ms",
+    "resolve_redis",
+]
+
+#: What the suite accepts wherever it takes a ``redis`` argument: a client, a URL or ``None``.
+RedisLike = redis.Redis | str | None
+
+DEFAULT_SOCKET_TIMEOUT = 5_000
+DEFAULT_CONNECT_TIMEOUT = 2_000
+DEFAULT_HEALTH_CHECK_INTERVAL = 30_000
+
+
+def connect_redis(
+    url: str,
+    *,
+    socket_timeout: int = DEFAULT_SOCKET_TIMEOUT,
+    connect_timeout: int = DEFAULT_CONNECT_TIMEOUT,
+    health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL,
+    max_connections: int | None = None,
+) -> redis.Redis:
+    """Create a Redis client with settings that are safe for this suite.
+
+    redis-py retries a command after a connection error or a timeout by
+    default.  A timeout does not mean the command did not run: the server may
+    have applied an ``INCR`` or a Lua script whose reply was lost, and a retry
+    applies it again (redis/redis-py#2807).  A rate limiter would then count a
+    start twice and a breaker a failure twice.  So this client never retries a
+    command; the suite's middleware treat a failed command as an outage and
+    degrade instead.  Timeouts are explicit so a stalled server cannot hang a
+    worker thread.
+
+    The client owns one connection pool.  Create it once per process and share
+    it between the middleware (``install`` does this); redis-py resets the pool
+    in a forked child on its own, so a client made before Dramatiq forks its
+    worker processes is safe to use in them.
+
+    Parameters:
+      url(str): A ``redis://``, ``rediss://`` or ``unix://`` URL, with the
+        database number in the path (``redis://127.0.0.1:6379/1``).
+      socket_timeout(int): Milliseconds to wait for a reply.
+      connect_timeout(int): Milliseconds to wait for a connection.
+      health_check_interval(int): Milliseconds of idleness after which a
+        pooled connection is checked with ``PING`` before it is used.
+      max_connections(int): The pool's size; unbounded when ``None``.
+
+    Returns:
+      redis.Redis: The client.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ValueError(f"connect_redis() needs a Redis URL such as 'redis://127.0.0.1:6379/0', got {url!r}")
+    for name, value in (("socket_timeout", socket_timeout), ("connect_timeout", connect_timeout)):
+        if value <= 0:
+            raise ValueError(f"{name} must be a positive number of milliseconds, got {value!r}")
+    return redis.Redis.from_url(
+        url,
+        max_connections=max_connections,
+        **_safe_options(socket_timeout, connect_timeout, health_check_interval),
+    )
+
+
+def connect_redis_like(client: redis.Redis) -> redis.Redis:
+    """A client with ``connect_redis``'s safe settings for the same server and database as ``client``.
+
+    ``install`` uses it to share a ``RedisBroker``'s server without inheriting
+    the broker client's retrying defaults.
+    """
+    pool = client.connection_pool
+    options = {**pool.connection_kwargs, **_safe_options(DEFAULT_SOCKET_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)}
+    safe_pool = redis.ConnectionPool(connection_class=pool.connection_class, **options)
+    return redis.Redis(connection_pool=safe_pool)
+
+
+def _safe_options(
+    socket_timeout: int,
+    connect_timeout: int,
+    health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL,
+) -> dict[str, Any]:
+    return {
+        "socket_timeout": socket_timeout / 1000,
+        "socket_connect_timeout": connect_timeout / 1000,
+        "socket_keepalive": True,
+        "health_check_interval": max(1, health_check_interval // 1000),
+        # Never retry: a command whose reply timed out may already have run.
+        "retry": Retry(NoBackoff(), 0),
+        "retry_on_timeout": False,
+    }
+
+
+def resolve_redis(client: RedisLike) -> redis.Redis | None:
+    """Turn a ``redis`` argument (client, URL or ``None``) into a client or ``None``."""
+    if client is None or isinstance(client, redis.Redis):
+        return client
+    if isinstance(client, str):
+        return connect_redis(client)
+    raise TypeError(f"redis must be a redis.Redis client, a Redis URL or None, got {type(client).__name__}")
+
+
+def hash_key(namespace: str, name: str, *parts: str) -> str:
+    """Name a key of one logical object so all its keys share one cluster slot.
+
+    ``hash_key("turbo:rl", "send_email", "log")`` is ``"turbo:rl:{send_email}:log"``:
+    the braces are a Redis Cluster hash tag, so a Lua script that touches every
+    key of ``send_email`` runs on one node.
+    """
+    if not name:
+        raise ValueError("a key needs a non-empty object name")
+    key = f"{namespace}:{{{name}}}"
+    return ":".join((key, *parts)) if parts else key
+
+
+def redis_time_ms(client: redis.Redis) -> int:
+    """The Redis server's clock in milliseconds.
+
+    Times that several processes compare come from here, never from local
+    clocks, which drift between hosts.
+    """
+    seconds, microseconds = client.time()
+    return int(seconds) * 1000 + int(microseconds) // 1000
+
+
+_script_sources: dict[tuple[str, str], str] = {}
+_scripts: weakref.WeakKeyDictionary[redis.Redis, dict[tuple[str, str], Script]] = weakref.WeakKeyDictionary()
+_scripts_lock = threading.Lock()
+
+
+def load_script(client: redis.Redis, package: str, filename: str) -> Script:
+    """The Lua script ``filename`` shipped in ``package``, registered once per client.
+
+    The returned object runs the script with ``EVALSHA`` and loads it on the
+    server the first time the server does not know it (after a restart, say).
+
+    Parameters:
+      client(redis.Redis): The client the script runs on.
+      package(str): The package that ships the ``.lua`` file, such as
+        ``"dramatiq_turbo.ratelimit"``.
+      filename(str): The file's name, such as ``"acquire.lua"``.
+    """
+    name = (package, filename)
+    with _scripts_lock:
+        registered = _scripts.setdefault(client, {})
+        script = registered.get(name)
+        if script is None:
+            source = _script_sources.get(name)
+            if source is None:
+                source = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
+                _script_sources[name] = source
+            script = registered[name] = client.register_script(source)
+        return script

@@ -1,0 +1,209 @@
+"""Real services and real workers for the test suite.
+
+Brokers for the three transports, in-process ``Worker``s, and whole
+``dramatiq`` worker processes that a test can kill.  Every helper cleans up
+after itself, and every wait has a deadline, so a hang fails one test instead
+of the CI run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.brokers.stub import StubBroker
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+REDIS_URL = os.environ.get("TURBO_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+RABBITMQ_URL = os.environ.get("TURBO_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672")
+
+BROKER_KINDS = ("stub", "redis", "rabbitmq")
+
+
+def probe_redis(url: str = REDIS_URL) -> str | None:
+    """``None`` when Redis answers at ``url``, else why not."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except Exception as error:
+        return f"{type(error).__name__}: {error}"
+    finally:
+        client.close()
+    if client.connection_pool.connection_kwargs.get("db", 0) == 0:
+        return "tests refuse Redis database 0; point TURBO_TEST_REDIS_URL at another database"
+    return None
+
+
+def probe_rabbitmq(url: str = RABBITMQ_URL) -> str | None:
+    """``None`` when RabbitMQ answers at ``url``, else why not."""
+    import pika
+
+    try:
+        params = pika.URLParameters(url)
+        params.socket_timeout = 3
+        params.blocked_connection_timeout = 3
+        pika.BlockingConnection(params).close()
+    except Exception as error:
+        return f"{type(error).__name__}: {error!r}"
+    return None
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float, interval: float = 0.02, what: str = "") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or condition!r}")
+        time.sleep(interval)
+
+
+def unique(prefix: str = "t") -> str:
+    """A name no other test (or earlier run) uses: for queues and namespaces."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def make_broker(kind: str, *, middleware: list[Any] | None = None, **options: Any) -> dramatiq.Broker:
+    """A broker of ``kind`` (``stub``, ``redis`` or ``rabbitmq``) on the test services."""
+    if kind == "stub":
+        return StubBroker(middleware=middleware, **options)
+    if kind == "redis":
+        from dramatiq.brokers.redis import RedisBroker
+
+        options.setdefault("namespace", unique("dq"))
+        return RedisBroker(url=REDIS_URL, middleware=middleware, **options)
+    if kind == "rabbitmq":
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=RABBITMQ_URL, middleware=middleware, **options)
+    raise ValueError(f"unknown broker kind {kind!r}; expected one of {BROKER_KINDS}")
+
+
+def send_by_name(
+    broker: dramatiq.Broker, actor_name: str, *args: Any, queue: str = "default"
+) -> dramatiq.Message:
+    """Enqueue a message for an actor that only the worker processes declare."""
+    broker.declare_queue(queue)
+    message: dramatiq.Message = dramatiq.Message(
+        queue_name=queue, actor_name=actor_name, args=args, kwargs={}, options={}
+    )
+    return broker.enqueue(message)
+
+
+def dispose_broker(broker: dramatiq.Broker) -> None:
+    """Remove every queue ``broker`` declared, then close it."""
+    queues = broker.get_declared_queues() | broker.get_declared_delay_queues()
+    kind = type(broker).__name__
+    try:
+        if kind == "RabbitmqBroker":
+            channel = broker.channel  # type: ignore[attr-defined]
+            for queue in queues:
+                for name in (queue, f"{queue}.XQ") if not queue.endswith(".DQ") else (queue,):
+                    channel.queue_delete(name)
+        elif kind == "RedisBroker":
+            client = broker.client  # type: ignore[attr-defined]
+            keys = list(client.scan_iter(f"{broker.namespace}:*"))  # type: ignore[attr-defined]
+            if keys:
+                client.delete(*keys)
+        else:
+            broker.flush_all()
+    finally:
+        broker.close()
+
+
+@dataclass
+class WorkerProcesses:
+    """``dramatiq`` CLI processes running one app module; see ``start``."""
+
+    module: str
+    processes: int
+    threads: int
+    env: dict[str, str]
+    popen: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    logs: list[Path] = field(default_factory=list)
+
+    def start(self, count: int = 1, *, ready_timeout: float = 30) -> list[subprocess.Popen[bytes]]:
+        """Start ``count`` more ``dramatiq`` commands and wait until all their workers are ready."""
+        started = []
+        for _ in range(count):
+            log = Path(tempfile.mkstemp(prefix="dramatiq-", suffix=".log")[1])
+            with log.open("wb") as out:
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dramatiq",
+                        self.module,
+                        "--processes",
+                        str(self.processes),
+                        "--threads",
+                        str(self.threads),
+                    ],
+                    cwd=ROOT,
+                    env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    # Its own process group, so the whole tree can be killed at once.
+                    start_new_session=True,
+                )
+            self.popen.append(proc)
+            self.logs.append(log)
+            started.append(proc)
+        for proc in started:
+            index = self.popen.index(proc)
+            wait_for(
+                lambda i=index, p=proc: self._ready(i, p),
+                timeout=ready_timeout,
+                interval=0.05,
+                what=f"{self.processes} worker process(es) of {self.module} to be ready",
+            )
+        return started
+
+    def _ready(self, index: int, proc: subprocess.Popen[bytes]) -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"worker exited early with {proc.returncode}:\n{self.output(index)}")
+        return self.output(index).count("is ready for action") >= self.processes
+
+    def output(self, index: int | None = None) -> str:
+        """What one command (or all of them) printed so far."""
+        logs = self.logs if index is None else [self.logs[index]]
+        return "\n".join(log.read_text(errors="replace") for log in logs)
+
+    def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to the whole process tree of one command, as a host crash would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        if sig == signal.SIGKILL:
+            proc.wait(timeout=10)
+
+    def stop(self, *, timeout: float = 15) -> None:
+        """Stop every command: SIGTERM for a clean shutdown, SIGKILL if it hangs."""
+        for proc in self.popen:
+            if proc.poll() is None:
+                self.kill(proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.popen:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.kill(proc, signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        self.stop()
+        for log in self.logs:
+            log.unlink(missing_ok=True)
