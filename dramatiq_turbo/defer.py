@@ -97,5 +97,5 @@ def defer(broker: dramatiq.Broker, message: Any, *, delay: int, reason: str, jit
     # result (Results would store None for it), the copy keeps the original
     # setting because it was made before this line.
     message.options["store_results"] = False
-    record("defer", reason=reason)
+    record("defer", reason=reason, delay_ms=total)
     raise Deferred(reason, total)

@@ -5,6 +5,25 @@ once.  Each event becomes an event on the current OpenTelemetry span (a no-op
 when no SDK is configured) and is passed to every listener, which is how the
 ``Telemetry`` middleware turns them into metrics without the other middleware
 knowing about it.
+
+The vocabulary (name: attributes).  Attributes named here are low-cardinality
+and may become metric attributes; others (such as ``delay_ms``) only go on
+the span.
+
+=================  ==========================================================
+``cache.hit``      ``level`` (``"l1"`` or ``"l2"``)
+``cache.miss``     -
+``cache.store``    -
+``cache.wait``     single-flight: waited for another computer; ``outcome``
+``defer``          ``reason`` (``"rate_limit"``, ``"circuit_open"``); ``delay_ms``
+``ratelimit.wait`` waited in-thread for a slot; ``wait_ms``
+``breaker.state``  ``breaker``, ``state``, ``previous``: a transition
+``breaker.reject`` ``breaker``: a call refused while open
+``retry``          ``reason`` (exception type); ``delay_ms``, ``retries``
+``giveup``         ``reason``: retries exhausted or not retryable
+``outage``         ``component``, ``error_type``: Redis became unreachable
+``recovered``      ``component``: Redis is reachable again
+=================  ==========================================================
 """
 
 from __future__ import annotations

@@ -58,6 +58,23 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
+def spare_redis() -> Iterator[harness.RedisServer]:
+    """A private ``redis-server`` on a free port that the test may stop and start again."""
+    import shutil
+
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed, so no spare Redis can be started"
+        if harness.IN_CI:
+            pytest.fail(f"CI=true: {message}", pytrace=False)
+        _skipped_for["redis-server"] = message
+        pytest.skip(message)
+    server = harness.RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def make_broker(request: pytest.FixtureRequest) -> Iterator[Callable[..., dramatiq.Broker]]:
     """A factory ``make_broker(kind, **options)`` for brokers that are disposed of after the test.
 

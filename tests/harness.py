@@ -126,6 +126,52 @@ def dispose_broker(broker: dramatiq.Broker) -> None:
         broker.close()
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a spare port, for tests that stop Redis mid-run."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/1"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *, timeout: float = 10) -> None:
+        """Start the server (again) on the same port and wait until it answers."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: probe_redis(self.url) is None, timeout=timeout, what=f"redis-server on {self.port}")
+
+    def stop(self) -> None:
+        """Stop the server at once, as a crash or a network cut would look to clients."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
 @dataclass
 class WorkerProcesses:
     """``dramatiq`` CLI processes running one app module; see ``start``."""

@@ -100,3 +100,17 @@ def test_load_script_registers_once_and_survives_a_script_flush(redis_client):
     assert script(keys=["n"], args=[2]) == 2
     redis_client.script_flush()  # as after a server restart
     assert script(keys=["n"], args=[3]) == 5
+
+
+@pytest.mark.integration
+def test_connect_redis_fails_fast_while_the_server_is_down_and_recovers(spare_redis):
+    client = connect_redis(spare_redis.url, connect_timeout=500)
+    client.set("k", "v")
+    spare_redis.stop()
+    started = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        client.get("k")
+    assert time.monotonic() - started < 2
+    spare_redis.start()
+    client.set("k", "again")  # the pool reconnects by itself
+    assert client.get("k") == b"again"
