@@ -18,12 +18,14 @@ _EXPORTS: dict[str, str] = {
     "connect_redis": "dramatiq_turbo.redis",
     "Deferred": "dramatiq_turbo.defer",
     "DeferralFailed": "dramatiq_turbo.defer",
+    "RateLimiter": "dramatiq_turbo.ratelimit",
 }
 
 if TYPE_CHECKING:
     from .defer import DeferralFailed as DeferralFailed
     from .defer import Deferred as Deferred
     from .install import install as install
+    from .ratelimit import RateLimiter as RateLimiter
     from .redis import connect_redis as connect_redis
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,0 +1,308 @@
+"""``RateLimiter``: exact global rate and concurrency limits, without failing or dropping a message."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import redis as redis_lib
+from dramatiq.common import q_name
+from dramatiq.middleware import Middleware
+
+from ..defer import defer, deferral_count
+from ..events import record
+from ..marks import is_cache_hit
+from ..options import require_ms
+from ..outage import Outage
+from ..redis import RedisLike, resolve_redis
+from .rules import Rule, parse_rule
+from .store import CONCURRENCY_POLL, Decision, LimitStore, LocalLimitStore, RedisLimitStore
+
+__all__ = ["OPTION", "RateLimiter", "admitted_at"]
+
+logger = logging.getLogger(__name__)
+
+#: The actor (and message) option naming a limit.
+OPTION = "rate_limit"
+
+_HOLD = "_turbo_rate_limit_hold"
+_ADMITTED = "_turbo_rate_limit_admitted"
+
+# A deferral for a busy concurrency key doubles each time (bounded re-enqueues
+# while a long job holds the slot), up to this many ms.
+_MAX_CONCURRENCY_DEFERRAL = 10_000
+# Jitter added to a deferral: at most this, and at most one rate interval.
+_MAX_JITTER = 100
+
+
+def admitted_at(message: Any) -> float | None:
+    """When the limiter admitted ``message`` in this delivery (ms, Redis time), or ``None``.
+
+    This is the start that counts against the limit; actors can log it.
+    """
+    value = getattr(message, _ADMITTED, None)
+    return float(value) if value is not None else None
+
+
+@dataclass(frozen=True)
+class _Hold:
+    store: LimitStore
+    key: str
+    token: str
+    lease: int  # 0: no concurrency slot held
+
+
+class RateLimiter(Middleware):
+    """Middleware that limits how often, and how many at once, messages start across all workers.
+
+    An actor opts in with ``@dramatiq.actor(rate_limit=(30, 1_000))`` (at most
+    30 starts in any window of 1,000 ms) or a dict::
+
+        rate_limit={"max": 30, "duration": 1_000, "key": "actor", "burst": 5,
+                    "concurrency": 4, "lease": 30_000}
+
+    ``key`` is ``"actor"`` (default), ``"queue"`` or a function of the message
+    returning the budget's name (``lambda m: f"customer:{m.kwargs['id']}"``;
+    the name is global, so actors returning the same name share a budget).
+    ``burst`` caps back-to-back starts; ``concurrency`` caps messages running
+    at once, with slots leased for ``lease`` ms and renewed while the message
+    runs, so a killed worker's slot comes back on its own.  A message option
+    ``rate_limit`` overrides the actor's.
+
+    A message over the limit waits in its worker thread when its slot is due
+    within ``max_wait`` ms; otherwise it is deferred (same message id, enqueued
+    again with the delay the store returned plus jitter): no retry is used, no
+    result stored, nothing dropped.  Cache hits take no slot.
+
+    Parameters:
+      redis: A client or URL for limits shared by every process; ``None``
+        limits each process on its own (a warning says so).
+      limits(dict): Per-queue limits, ``{"queue-name": (30, 1_000)}``, for
+        messages whose actor has no ``rate_limit`` of its own.
+      fail_open(bool): While Redis is unreachable, ``True`` (default) keeps
+        running under per-process limits (logged once, counted); ``False``
+        defers every limited message until Redis is back.
+      max_wait(int): Milliseconds a worker thread may wait for a slot before
+        the message is deferred instead.  Default 1,000.
+      namespace(str): Prefix of the Redis keys.  Default ``"turbo:rl"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis: RedisLike = None,
+        limits: Mapping[str, Any] | None = None,
+        fail_open: bool = True,
+        max_wait: int = 1_000,
+        namespace: str = "turbo:rl",
+    ) -> None:
+        self.max_wait = require_ms("max_wait", max_wait)
+        self.fail_open = bool(fail_open)
+        self.limits = {queue: _queue_rule(queue, value) for queue, value in dict(limits or {}).items()}
+        client = resolve_redis(redis)
+        self.local: LocalLimitStore = LocalLimitStore()
+        self.store: LimitStore = self.local
+        if client is None:
+            logger.warning(
+                "RateLimiter has no Redis: limits are counted per process, not globally across workers."
+            )
+        else:
+            self.store = RedisLimitStore(client, namespace=namespace)
+        self.outage = Outage(component="rate_limit", logger=logger)
+        self._actor_rules: dict[str, Rule] = {}
+        self._renewer = _Renewer()
+
+    @property
+    def actor_options(self) -> set[str]:
+        return {OPTION}
+
+    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        value = actor.options.get(OPTION)
+        if value is not None:
+            self._actor_rules[actor.actor_name] = parse_rule(value, where=f"{actor.actor_name}: rate_limit")
+
+    def rule_for(self, broker: dramatiq.Broker, message: Any) -> Rule | None:
+        """The limit that applies to ``message``: the message's, its actor's, or its queue's."""
+        value = message.options.get(OPTION)
+        if value is not None:
+            return parse_rule(value, where=f"message {message.message_id}: rate_limit")
+        rule = self._actor_rules.get(message.actor_name)
+        if rule is None:
+            actor_value = _actor_option(broker, message.actor_name)
+            if actor_value is not None:
+                rule = self._actor_rules[message.actor_name] = parse_rule(actor_value)
+        return rule or self.limits.get(q_name(message.queue_name))
+
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        if is_cache_hit(message):
+            return
+        rule = self.rule_for(broker, message)
+        if rule is None:
+            return
+        key = _budget_key(rule, message)
+        started = time.monotonic()
+        while True:
+            token = f"{message.message_id}:{uuid.uuid4().hex[:12]}"
+            store, decision = self._attempt(broker, message, rule, key, token)
+            if decision.admitted:
+                break
+            waited = int((time.monotonic() - started) * 1000)
+            if waited + decision.wait <= self.max_wait:
+                time.sleep(decision.wait / 1000)
+                continue
+            defer(broker, message, **self._deferral(rule, decision, message))
+
+        if waited := int((time.monotonic() - started) * 1000):
+            record("ratelimit.wait", wait_ms=waited)
+        setattr(message, _ADMITTED, decision.now)
+        hold = _Hold(store, key, token, rule.lease if rule.concurrency else 0)
+        setattr(message, _HOLD, hold)
+        if hold.lease:
+            self._renewer.add(hold)
+
+    def after_process_message(
+        self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
+    ) -> None:
+        self._release(message, refund=False)
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        # Skipped after admission (by a later gate): the message did not start.
+        self._release(message, refund=True)
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        self._renewer.stop()
+
+    def _attempt(
+        self, broker: dramatiq.Broker, message: Any, rule: Rule, key: str, token: str
+    ) -> tuple[LimitStore, Decision]:
+        if self.store is self.local:
+            return self.local, self.local.acquire(key, rule, token)
+        try:
+            decision = self.store.acquire(key, rule, token)
+        except redis_lib.RedisError as error:
+            self.outage.failed(error)
+            if self.fail_open:
+                return self.local, self.local.acquire(key, rule, token)
+            # Fail closed: nothing starts until Redis answers again.
+            delay = rule.duration or CONCURRENCY_POLL * 10
+            defer(broker, message, delay=delay, reason="rate_limit", jitter=min(delay, _MAX_JITTER * 10))
+        self.outage.succeeded()
+        return self.store, decision
+
+    @staticmethod
+    def _deferral(rule: Rule, decision: Decision, message: Any) -> dict[str, Any]:
+        if decision.reason == "concurrency":
+            # Nobody knows when a running job ends: back off, so a long job
+            # does not make waiting messages spin through the queue.
+            grown = CONCURRENCY_POLL * 2 ** min(deferral_count(message) + 1, 10)
+            delay = max(decision.wait, min(grown, _MAX_CONCURRENCY_DEFERRAL))
+            return {"delay": delay, "reason": "rate_limit", "jitter": _MAX_JITTER}
+        # The store spaced return times by the rate: come back at our turn.
+        return {
+            "delay": decision.wait,
+            "reason": "rate_limit",
+            "jitter": int(min(rule.interval, _MAX_JITTER)),
+        }
+
+    def _release(self, message: Any, *, refund: bool) -> None:
+        hold: _Hold | None = getattr(message, _HOLD, None)
+        if hold is None:
+            return
+        delattr(message, _HOLD)
+        if hold.lease:
+            self._renewer.discard(hold)
+        elif not refund:
+            return  # no slot to free, and the start happened
+        try:
+            hold.store.release(hold.key, hold.token, refund=refund)
+        except redis_lib.RedisError as error:
+            # The lease expires by itself; the start stays counted.
+            self.outage.failed(error)
+
+
+def _queue_rule(queue: str, value: Any) -> Rule:
+    rule = parse_rule(value, where=f"limits[{queue!r}]")
+    if not (isinstance(value, Mapping) and "key" in value):
+        rule = dataclasses.replace(rule, key="queue")
+    return rule
+
+
+def _actor_option(broker: dramatiq.Broker, actor_name: str) -> Any:
+    try:
+        return broker.get_actor(actor_name).options.get(OPTION)
+    except Exception:  # ActorNotFound: a message for an actor this process does not know
+        return None
+
+
+def _budget_key(rule: Rule, message: Any) -> str:
+    if rule.key == "actor":
+        return f"actor:{message.actor_name}"
+    if rule.key == "queue":
+        return f"queue:{q_name(message.queue_name)}"
+    assert callable(rule.key)
+    name = rule.key(message)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"rate_limit key function returned {name!r}; it must return a non-empty str")
+    return f"key:{name}"
+
+
+class _Renewer:
+    """A daemon thread that extends the leases this process holds while their messages run."""
+
+    def __init__(self) -> None:
+        self._held: dict[_Hold, None] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, hold: _Hold) -> None:
+        with self._lock:
+            self._held[hold] = None
+            # Threads do not survive fork: start one per process.
+            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._wake.clear()
+                self._thread = threading.Thread(target=self._run, name="turbo-lease-renewer", daemon=True)
+                self._thread.start()
+
+    def discard(self, hold: _Hold) -> None:
+        with self._lock:
+            self._held.pop(hold, None)
+
+    def stop(self) -> None:
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                holds = list(self._held)
+            period = min((h.lease for h in holds), default=3_000) / 3
+            if self._wake.wait(period / 1000):
+                return
+            groups: dict[tuple[int, str, int], list[_Hold]] = {}
+            with self._lock:
+                for hold in self._held:
+                    groups.setdefault((id(hold.store), hold.key, hold.lease), []).append(hold)
+            for (_, key, lease), group in groups.items():
+                try:
+                    renewed = group[0].store.renew(key, [h.token for h in group], lease)
+                except Exception as error:
+                    logger.warning(
+                        "Could not renew %d concurrency lease(s) of %s: %s", len(group), key, error
+                    )
+                    continue
+                if renewed < len(group):
+                    logger.warning(
+                        "%d concurrency lease(s) of %s expired while running; raise rate_limit 'lease'.",
+                        len(group) - renewed,
+                        key,
+                    )
