@@ -15,6 +15,7 @@
 -- ARGV[7]  lease         ms a concurrency slot lives without renewal
 -- ARGV[8]  interval      duration / max, the spacing handed to waiters
 -- ARGV[9]  poll          longest wait announced for a concurrency slot
+-- ARGV[10] max_wait      the caller waits in its thread for a slot due within this (ms)
 --
 -- Returns {admitted (1/0), wait_ms, now_ms as a string, reason}.
 
@@ -27,6 +28,7 @@ local concurrency = tonumber(ARGV[6])
 local lease = tonumber(ARGV[7])
 local interval = tonumber(ARGV[8])
 local poll = tonumber(ARGV[9])
+local max_wait = tonumber(ARGV[10])
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
@@ -60,9 +62,14 @@ if max > 0 then
       wait = math.max(wait, leaving + burst_window - now)
     end
   end
+  if wait > 0 and wait <= max_wait then
+    -- The caller waits in its thread for the exact moment a start leaves
+    -- the window, and tries again (few threads: no stampede to avoid).
+    return {0, math.max(1, math.ceil(wait)), now_str, 'rate'}
+  end
   if wait > 0 then
-    -- Hand out return times spaced by the rate, so waiters come back one by
-    -- one instead of all at once when the window slides.
+    -- The message will be deferred: hand out return times spaced by the
+    -- rate, so deferred messages come back one by one, not all at once.
     local target = now + wait
     local horizon = tonumber(redis.call('GET', KEYS[2]) or '0')
     if horizon > target then

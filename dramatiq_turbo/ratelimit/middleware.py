@@ -151,10 +151,10 @@ class RateLimiter(Middleware):
         started = time.monotonic()
         while True:
             token = f"{message.message_id}:{uuid.uuid4().hex[:12]}"
-            store, decision = self._attempt(broker, message, rule, key, token)
+            waited = int((time.monotonic() - started) * 1000)
+            store, decision = self._attempt(broker, message, rule, key, token, self.max_wait - waited)
             if decision.admitted:
                 break
-            waited = int((time.monotonic() - started) * 1000)
             if waited + decision.wait <= self.max_wait:
                 time.sleep(decision.wait / 1000)
                 continue
@@ -181,16 +181,17 @@ class RateLimiter(Middleware):
         self._renewer.stop()
 
     def _attempt(
-        self, broker: dramatiq.Broker, message: Any, rule: Rule, key: str, token: str
+        self, broker: dramatiq.Broker, message: Any, rule: Rule, key: str, token: str, max_wait: int
     ) -> tuple[LimitStore, Decision]:
+        max_wait = max(0, max_wait)
         if self.store is self.local:
-            return self.local, self.local.acquire(key, rule, token)
+            return self.local, self.local.acquire(key, rule, token, max_wait=max_wait)
         try:
-            decision = self.store.acquire(key, rule, token)
+            decision = self.store.acquire(key, rule, token, max_wait=max_wait)
         except redis_lib.RedisError as error:
             self.outage.failed(error)
             if self.fail_open:
-                return self.local, self.local.acquire(key, rule, token)
+                return self.local, self.local.acquire(key, rule, token, max_wait=max_wait)
             # Fail closed: nothing starts until Redis answers again.
             delay = rule.duration or CONCURRENCY_POLL * 10
             defer(broker, message, delay=delay, reason="rate_limit", jitter=min(delay, _MAX_JITTER * 10))

@@ -56,8 +56,13 @@ class Decision:
 class LimitStore(Protocol):
     """What ``RateLimiter`` needs from a store."""
 
-    def acquire(self, key: str, rule: Rule, token: str) -> Decision:
-        """Count a start for ``key`` under ``rule`` (and take a slot), or say how long to wait."""
+    def acquire(self, key: str, rule: Rule, token: str, *, max_wait: int = 0) -> Decision:
+        """Count a start for ``key`` under ``rule`` (and take a slot), or say how long to wait.
+
+        A refusal whose wait is at most ``max_wait`` ms is the exact time until
+        a start leaves the window (the caller waits for it); a longer one is a
+        turn among the deferred messages, spaced by the rate.
+        """
 
     def release(self, key: str, token: str, *, refund: bool) -> None:
         """Free ``token``'s concurrency slot; with ``refund`` also remove its start."""
@@ -85,7 +90,7 @@ class RedisLimitStore:
         """The Redis keys of budget ``key``: its log, horizon and leases."""
         return [hash_key(self.namespace, key, part) for part in ("log", "horizon", "leases")]
 
-    def acquire(self, key: str, rule: Rule, token: str) -> Decision:
+    def acquire(self, key: str, rule: Rule, token: str, *, max_wait: int = 0) -> Decision:
         reply = self._acquire(
             keys=self.keys(key),
             args=[
@@ -98,6 +103,7 @@ class RedisLimitStore:
                 rule.lease,
                 repr(rule.interval),
                 CONCURRENCY_POLL,
+                max_wait,
             ],
         )
         admitted, wait, now, reason = reply
@@ -137,7 +143,7 @@ class LocalLimitStore:
         self._budgets: dict[str, _Budget] = {}
         self._lock = threading.Lock()
 
-    def acquire(self, key: str, rule: Rule, token: str) -> Decision:
+    def acquire(self, key: str, rule: Rule, token: str, *, max_wait: int = 0) -> Decision:
         with self._lock:
             now = float(self._clock())
             budget = self._budgets.setdefault(key, _Budget())
@@ -160,6 +166,8 @@ class LocalLimitStore:
                     if len(recent) >= rule.burst:
                         leaving = recent[len(recent) - rule.burst]
                         wait = max(wait, leaving + rule.burst_window - now)
+                if 0 < wait <= max_wait:
+                    return Decision(False, max(1, _ceil(wait)), now, "rate")
                 if wait > 0:
                     target = max(now + wait, budget.horizon)
                     budget.horizon = target + rule.interval

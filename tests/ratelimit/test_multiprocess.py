@@ -1,0 +1,210 @@
+"""The limits hold across real ``dramatiq`` worker processes on real brokers.
+
+Every start is logged by the app (``tests/apps/ratelimit_app.py``) with the
+limiter's admission time, which comes from Redis ``TIME``, so the windows
+below are measured on the one clock all processes share.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from dramatiq_turbo.redis import hash_key, redis_time_ms
+from tests.harness import send_by_name, unique, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.multiprocess, pytest.mark.slow]
+
+APP = "tests.apps.ratelimit_app"
+
+
+def max_in_window(times: list[float], window: float) -> int:
+    """The most starts in any half-open window ``[t, t + window)``."""
+    times = sorted(times)
+    best, first = 0, 0
+    for last, t in enumerate(times):
+        while times[first] <= t - window:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
+def starts(client: Any, namespace: str) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in client.lrange(f"{namespace}:starts", 0, -1)]
+
+
+def test_max_in_window_counts_half_open_windows() -> None:
+    assert max_in_window([0, 500, 999.9, 1000], 1000) == 3
+    assert max_in_window([0, 1, 2], 1000) == 3
+    assert max_in_window([], 1000) == 0
+
+
+def run_150_limited_jobs(
+    broker: Any, redis_client: Any, workers: Any, namespace: str
+) -> tuple[list[dict[str, Any]], float]:
+    jobs = [f"j{i}" for i in range(150)]
+    began = time.monotonic()
+    for job in jobs:
+        send_by_name(broker, "limited", job, queue=namespace)
+    wait_for(
+        lambda: redis_client.llen(f"{namespace}:starts") >= 150,
+        timeout=40,
+        interval=0.05,
+        what="150 limited jobs to start",
+    )
+    wait_for(
+        lambda: all(redis_client.get(f"{namespace}:runs:{job}") for job in jobs),
+        timeout=10,
+        what="150 limited jobs to finish",
+    )
+    elapsed = time.monotonic() - began
+    time.sleep(0.5)  # a duplicate run would show up here
+    return starts(redis_client, namespace), elapsed
+
+
+def check_exact_limit(log: list[dict[str, Any]], redis_client: Any, namespace: str, elapsed: float) -> None:
+    runs = Counter(int(redis_client.get(f"{namespace}:runs:j{i}") or 0) for i in range(150))
+    assert runs == Counter({1: 150}), "every job ran exactly once"
+    assert len(log) == 150 and len({entry["job"] for entry in log}) == 150
+    assert all(entry["retries"] == 0 for entry in log), "waiting for a slot consumes no retry"
+
+    admitted = sorted(entry["admitted"] for entry in log)
+    assert max_in_window(admitted, 1000) <= 30, "no 1 s window holds more than 30 starts"
+    span = admitted[-1] - admitted[0]
+    # 150 starts at 30 per second need 4 s after the first; using at least 90%
+    # of the budget means the other 120 start within 4 / 0.9 s.
+    assert 3_999 <= span <= 4_000 / 0.9, f"starts spanned {span:.0f} ms"
+    assert elapsed < 9, f"the run took {elapsed:.1f} s"
+    deferrals = max(entry["deferrals"] for entry in log)
+    print(
+        f"\n150 jobs: span {span:.0f} ms, wall {elapsed:.1f} s, max in 1 s window "
+        f"{max_in_window(admitted, 1000)}, body starts max in 1 s window "
+        f"{max_in_window([e['body'] for e in log], 1000)}, deferrals per message max {deferrals}, "
+        f"total {sum(e['deferrals'] for e in log)}, processes {len({e['pid'] for e in log})}"
+    )
+    assert deferrals <= 3, "a limited message is re-enqueued a bounded number of times"
+
+
+def test_eight_processes_on_redis_never_exceed_30_per_second(
+    make_broker, worker_processes, redis_client, redis_url
+):
+    namespace = unique("rl8")
+    broker = make_broker("redis", namespace=namespace)
+    workers = worker_processes(
+        APP,
+        processes=8,
+        threads=2,
+        env={"TURBO_TEST_REDIS_URL": redis_url, "TURBO_TEST_NAMESPACE": namespace},
+    )
+    workers.start(ready_timeout=60)
+    log, elapsed = run_150_limited_jobs(broker, redis_client, workers, namespace)
+    check_exact_limit(log, redis_client, namespace, elapsed)
+    assert len({entry["pid"] for entry in log}) >= 4, "the work really was spread over processes"
+
+
+def test_four_processes_on_rabbitmq_never_exceed_30_per_second(
+    make_broker, worker_processes, redis_client, redis_url, rabbitmq_url
+):
+    namespace = unique("rl4")
+    broker = make_broker("rabbitmq")
+    broker.declare_queue(namespace)
+    workers = worker_processes(
+        APP,
+        processes=4,
+        threads=2,
+        env={
+            "TURBO_TEST_REDIS_URL": redis_url,
+            "TURBO_TEST_NAMESPACE": namespace,
+            "TURBO_TEST_BROKER": "rabbitmq",
+            "TURBO_TEST_RABBITMQ_URL": rabbitmq_url,
+        },
+    )
+    workers.start(ready_timeout=60)
+    log, elapsed = run_150_limited_jobs(broker, redis_client, workers, namespace)
+    check_exact_limit(log, redis_client, namespace, elapsed)
+
+
+def test_each_customer_gets_its_own_budget(make_broker, worker_processes, redis_client, redis_url):
+    namespace = unique("rlkey")
+    broker = make_broker("redis", namespace=namespace)
+    workers = worker_processes(
+        APP,
+        processes=2,
+        threads=4,
+        # Always defer instead of waiting, so no thread is held by one customer.
+        env={"TURBO_TEST_REDIS_URL": redis_url, "TURBO_TEST_NAMESPACE": namespace, "TURBO_TEST_MAX_WAIT": "0"},
+    )
+    workers.start(ready_timeout=60)
+    jobs = []
+    for i in range(20):
+        for customer in ("acme", "globex"):
+            job = f"{customer}-{i}"
+            jobs.append(job)
+            send_by_name(broker, "per_customer", customer, job, queue=namespace)
+    wait_for(
+        lambda: all(redis_client.get(f"{namespace}:runs:{job}") for job in jobs),
+        timeout=30,
+        interval=0.05,
+        what="40 per-customer jobs",
+    )
+    log = starts(redis_client, namespace)
+    assert sorted(entry["job"] for entry in log) == sorted(jobs), "each job ran exactly once"
+    assert all(entry["retries"] == 0 for entry in log)
+    first = min(entry["admitted"] for entry in log)
+    for customer in ("acme", "globex"):
+        admitted = sorted(e["admitted"] for e in log if e["customer"] == customer)
+        assert max_in_window(admitted, 1000) <= 10, f"{customer} stays within its own 10 per second"
+        # The other customer's full budget did not eat this one's: each got
+        # all 10 of its starts in the first second.
+        in_first_second = sum(1 for t in admitted if t < first + 1000)
+        assert in_first_second == 10, f"{customer} started {in_first_second} jobs in the first second"
+    assert max_in_window([e["admitted"] for e in log], 1000) == 20, "two budgets: 20 starts per second in all"
+
+
+def test_slot_of_a_killed_worker_comes_back_after_its_lease(
+    make_broker, worker_processes, redis_client, redis_url
+):
+    namespace = unique("rlcc")
+    lease = 1_500
+    broker = make_broker("redis", namespace=namespace)
+    env = {
+        "TURBO_TEST_REDIS_URL": redis_url,
+        "TURBO_TEST_NAMESPACE": namespace,
+        "TURBO_TEST_CONCURRENCY_LEASE": str(lease),
+    }
+    holder = worker_processes(APP, processes=1, threads=2, env=env)
+    (victim,) = holder.start(1, ready_timeout=60)
+    send_by_name(broker, "concurrent", "hang", 0.05, True, queue=namespace)
+    wait_for(lambda: redis_client.get(f"{namespace}:hanging"), timeout=15, what="the slot holder to start")
+
+    others = worker_processes(APP, processes=1, threads=4, env=env)
+    others.start(1, ready_timeout=60)
+    jobs = [f"q{i}" for i in range(6)]
+    for job in jobs:
+        send_by_name(broker, "concurrent", job, 0.05, queue=namespace)
+    time.sleep(lease / 1000 * 1.5)  # longer than a lease: renewals keep the slot taken
+    assert not any(redis_client.get(f"{namespace}:runs:{job}") for job in jobs), "the one slot is held"
+
+    holder.kill(victim)
+    killed_at = redis_time_ms(redis_client)
+    redis_client.set(f"{namespace}:running", 0)  # the killed body never decremented it
+    wait_for(
+        lambda: all(redis_client.get(f"{namespace}:runs:{job}") for job in [*jobs, "hang"]),
+        timeout=30,
+        interval=0.05,
+        what="the queue to drain after the kill",
+    )
+    log = starts(redis_client, namespace)
+    after = sorted(e["admitted"] for e in log if e["job"] != "hang" or e["delivery"] > 1)
+    assert len(after) == len(jobs) + 1, "every job and the killed one's redelivery ran once"
+    assert after[0] >= killed_at - lease, "nobody took the slot while its holder was alive"
+    assert after[0] - killed_at <= lease + 5_000, "the slot came back soon after its lease ran out"
+    overlap = [int(x) for x in redis_client.lrange(f"{namespace}:overlap", 0, -1)]
+    assert max(overlap[1:]) == 1, "never two running at once"
+    leases = hash_key(f"{namespace}:rl", "actor:concurrent", "leases")
+    assert redis_client.zcard(leases) == 0, "no slot leaked once the queue drained"
+    print(f"\nslot back {after[0] - killed_at:.0f} ms after SIGKILL (lease {lease} ms)")
