@@ -6,13 +6,14 @@ count the limits (shared in Redis, or per process); ``parse_rule`` reads a
 """
 
 from .middleware import OPTION, RateLimiter, admitted_at
-from .rules import DEFAULT_LEASE, Rule, parse_rule
+from .rules import DEFAULT_LEASE, InvalidRateLimit, Rule, parse_rule
 from .store import Decision, LimitStore, LocalLimitStore, RedisLimitStore
 
 __all__ = [
     "DEFAULT_LEASE",
     "OPTION",
     "Decision",
+    "InvalidRateLimit",
     "LimitStore",
     "LocalLimitStore",
     "RateLimiter",

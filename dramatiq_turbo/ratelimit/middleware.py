@@ -23,7 +23,7 @@ from ..marks import is_cache_hit
 from ..options import require_ms
 from ..outage import Outage
 from ..redis import RedisLike, resolve_redis
-from .rules import Rule, parse_rule
+from .rules import InvalidRateLimit, Rule, parse_rule
 from .store import CONCURRENCY_POLL, Decision, LimitStore, LocalLimitStore, RedisLimitStore
 
 __all__ = ["OPTION", "RateLimiter", "admitted_at"]
@@ -124,10 +124,17 @@ class RateLimiter(Middleware):
     def actor_options(self) -> set[str]:
         return {OPTION}
 
-    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+    def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        # Raised from a before_ hook, InvalidRateLimit (a MiddlewareError)
+        # fails the declaration: a bad option is found at import time.
         value = actor.options.get(OPTION)
         if value is not None:
             self._actor_rules[actor.actor_name] = parse_rule(value, where=f"{actor.actor_name}: rate_limit")
+
+    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        # Replayed by add_middleware for actors declared before the limiter.
+        if actor.actor_name not in self._actor_rules:
+            self.before_declare_actor(broker, actor)
 
     def rule_for(self, broker: dramatiq.Broker, message: Any) -> Rule | None:
         """The limit that applies to ``message``: the message's, its actor's, or its queue's."""
@@ -251,7 +258,7 @@ def _budget_key(rule: Rule, message: Any) -> str:
     assert callable(rule.key)
     name = rule.key(message)
     if not isinstance(name, str) or not name:
-        raise ValueError(f"rate_limit key function returned {name!r}; it must return a non-empty str")
+        raise InvalidRateLimit(f"rate_limit key function returned {name!r}; it must return a non-empty str")
     return f"key:{name}"
 
 

@@ -12,9 +12,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dramatiq.middleware import MiddlewareError
+
 from ..options import require_ms
 
-__all__ = ["DEFAULT_LEASE", "KeyFunc", "Rule", "parse_rule"]
+__all__ = ["DEFAULT_LEASE", "InvalidRateLimit", "KeyFunc", "Rule", "parse_rule"]
 
 #: How long a concurrency slot stays taken without renewal (a dead worker's slot returns after this).
 DEFAULT_LEASE = 30_000
@@ -62,25 +64,44 @@ class Rule:
         return math.ceil(self.burst * self.duration / self.max)
 
 
+class InvalidRateLimit(MiddlewareError, ValueError):
+    """A ``rate_limit`` option or ``limits`` entry is malformed.
+
+    A ``ValueError``, and a ``MiddlewareError`` so that Dramatiq lets it out of
+    ``before_declare_actor``: declaring the actor fails, naming the problem.
+    """
+
+
 def parse_rule(value: Any, *, where: str = "rate_limit") -> Rule:
     """Turn a ``rate_limit`` option (``(max, duration)`` or a dict) into a ``Rule``.
 
     Raises:
-      ValueError: naming ``where`` and the problem.
+      InvalidRateLimit: a ``ValueError`` naming ``where`` and the problem.
     """
+    try:
+        return _parse(value, where)
+    except InvalidRateLimit:
+        raise
+    except ValueError as error:
+        raise InvalidRateLimit(str(error)) from None
+
+
+def _parse(value: Any, where: str) -> Rule:
     if isinstance(value, Rule):
         return value
     if isinstance(value, tuple | list):
         if len(value) != 2:
-            raise ValueError(f"{where} must be (max, duration) or a dict, got {value!r}")
+            raise InvalidRateLimit(f"{where} must be (max, duration) or a dict, got {value!r}")
         fields: dict[str, Any] = {"max": value[0], "duration": value[1]}
     elif isinstance(value, Mapping):
         unknown = set(value) - _DICT_KEYS
         if unknown:
-            raise ValueError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(_DICT_KEYS)}")
+            raise InvalidRateLimit(
+                f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(_DICT_KEYS)}"
+            )
         fields = dict(value)
     else:
-        raise ValueError(f"{where} must be (max, duration) or a dict, got {value!r}")
+        raise InvalidRateLimit(f"{where} must be (max, duration) or a dict, got {value!r}")
 
     concurrency = _positive_int(f"{where}['concurrency']", fields.get("concurrency", 0), allow_zero=True)
     has_rate = "max" in fields or "duration" in fields
@@ -91,13 +112,15 @@ def parse_rule(value: Any, *, where: str = "rate_limit") -> Rule:
         max_, duration = 0, 0
     burst = _positive_int(f"{where}['burst']", fields.get("burst", max_), allow_zero=not max_)
     if max_ and burst > max_:
-        raise ValueError(f"{where}['burst'] must be between 1 and max ({max_}), got {burst}")
+        raise InvalidRateLimit(f"{where}['burst'] must be between 1 and max ({max_}), got {burst}")
     if not max_ and "burst" in fields:
-        raise ValueError(f"{where}['burst'] needs max and duration")
+        raise InvalidRateLimit(f"{where}['burst'] needs max and duration")
     lease = require_ms(f"{where}['lease']", fields.get("lease", DEFAULT_LEASE), allow_zero=False)
     key = fields.get("key", "actor")
     if not (key in ("actor", "queue") or callable(key)):
-        raise ValueError(f"{where}['key'] must be 'actor', 'queue' or a function of the message, got {key!r}")
+        raise InvalidRateLimit(
+            f"{where}['key'] must be 'actor', 'queue' or a function of the message, got {key!r}"
+        )
     return Rule(max=max_, duration=duration, key=key, burst=burst, concurrency=concurrency, lease=lease)
 
 

@@ -84,7 +84,9 @@ def customer_key(message: dramatiq.Message) -> str:
     return f"customer:{message.args[0]}"
 
 
-@dramatiq.actor(queue_name=QUEUE, max_retries=3, rate_limit={"max": 10, "duration": 1000, "key": customer_key})
+@dramatiq.actor(
+    queue_name=QUEUE, max_retries=3, rate_limit={"max": 10, "duration": 1000, "key": customer_key}
+)
 def per_customer(customer: str, job: str) -> None:
     log_start(job, customer=customer)
     store.incr(f"{NAMESPACE}:runs:{job}")

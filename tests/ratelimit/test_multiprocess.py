@@ -136,7 +136,11 @@ def test_each_customer_gets_its_own_budget(make_broker, worker_processes, redis_
         processes=2,
         threads=4,
         # Always defer instead of waiting, so no thread is held by one customer.
-        env={"TURBO_TEST_REDIS_URL": redis_url, "TURBO_TEST_NAMESPACE": namespace, "TURBO_TEST_MAX_WAIT": "0"},
+        env={
+            "TURBO_TEST_REDIS_URL": redis_url,
+            "TURBO_TEST_NAMESPACE": namespace,
+            "TURBO_TEST_MAX_WAIT": "0",
+        },
     )
     workers.start(ready_timeout=60)
     jobs = []
