@@ -184,7 +184,9 @@ class RateLimiter(Middleware):
         # Skipped after admission (by a later gate): the message did not start.
         self._release(message, refund=True)
 
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        # After, not before: a graceful shutdown lets running messages finish,
+        # and their leases must live until then.
         self._renewer.stop()
 
     def _attempt(

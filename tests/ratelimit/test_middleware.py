@@ -243,6 +243,45 @@ def test_redis_outage_fails_closed_when_configured(make_broker, start_worker, sp
     assert runs.retries == [0] and runs.deferrals[0] >= 1
 
 
+@pytest.mark.integration
+def test_a_running_message_keeps_its_slot_beyond_the_lease(make_broker, start_worker, redis_client) -> None:
+    limiter = RateLimiter(redis=redis_client, namespace=unique("rl"), max_wait=5_000)
+    broker = limited_broker(make_broker, limiter)
+    spans: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    @dramatiq.actor(broker=broker, rate_limit={"concurrency": 1, "lease": 300})
+    def slow(seconds: float) -> None:
+        began = time.monotonic()
+        time.sleep(seconds)
+        with lock:
+            spans.append((began, time.monotonic()))
+
+    start_worker(broker, worker_threads=2)
+    slow.send(1.0)  # more than three leases long: renewals keep the slot
+    slow.send(0.01)
+    broker.join(slow.queue_name, timeout=10_000)
+    (first, second) = sorted(spans)
+    assert second[0] >= first[1], "the second started only after the first ended"
+
+
+def test_message_option_overrides_the_actor(make_broker, start_worker) -> None:
+    broker = limited_broker(make_broker, RateLimiter(max_wait=0))
+    runs = Runs()
+
+    @dramatiq.actor(broker=broker)
+    def free(name: str) -> None:
+        runs.record(name)
+
+    start_worker(broker)
+    free.send_with_options(args=("a",), rate_limit=[1, 60_000])
+    free.send_with_options(args=("b",), rate_limit=[1, 60_000])
+    free.send("c")
+    time.sleep(0.5)
+    assert runs.jobs["c"] == 1, "the unlimited message runs"
+    assert runs.jobs["a"] + runs.jobs["b"] == 1, "the second limited message waits a minute"
+
+
 def test_without_redis_limits_are_per_process_and_say_so(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="dramatiq_turbo.ratelimit.middleware"):
         RateLimiter()

@@ -205,7 +205,7 @@ def test_slot_of_a_killed_worker_comes_back_after_its_lease(
     log = starts(redis_client, namespace)
     after = sorted(e["admitted"] for e in log if e["job"] != "hang" or e["delivery"] > 1)
     assert len(after) == len(jobs) + 1, "every job and the killed one's redelivery ran once"
-    assert after[0] >= killed_at - lease, "nobody took the slot while its holder was alive"
+    assert after[0] >= killed_at, "nobody took the slot while its holder was alive"
     assert after[0] - killed_at <= lease + 5_000, "the slot came back soon after its lease ran out"
     overlap = [int(x) for x in redis_client.lrange(f"{namespace}:overlap", 0, -1)]
     assert max(overlap[1:]) == 1, "never two running at once"
