@@ -39,6 +39,9 @@ _ADMITTED = "_turbo_rate_limit_admitted"
 # A deferral for a busy concurrency key doubles each time (bounded re-enqueues
 # while a long job holds the slot), up to this many ms.
 _MAX_CONCURRENCY_DEFERRAL = 10_000
+# A thread waits for slots due within max_wait until it has waited this many
+# times max_wait in all; then the message is deferred.
+_WAIT_ROUNDS = 2
 # Jitter added to a deferral: at most this, and at most one rate interval.
 _MAX_JITTER = 100
 
@@ -90,8 +93,9 @@ class RateLimiter(Middleware):
       fail_open(bool): While Redis is unreachable, ``True`` (default) keeps
         running under per-process limits (logged once, counted); ``False``
         defers every limited message until Redis is back.
-      max_wait(int): Milliseconds a worker thread may wait for a slot before
-        the message is deferred instead.  Default 1,000.
+      max_wait(int): A worker thread waits for a slot due within this many
+        milliseconds; a later slot, or a message that already waited twice
+        this long in all, is deferred instead.  Default 1,000; 0 always defers.
       namespace(str): Prefix of the Redis keys.  Default ``"turbo:rl"``.
     """
 
@@ -158,11 +162,14 @@ class RateLimiter(Middleware):
         started = time.monotonic()
         while True:
             token = f"{message.message_id}:{uuid.uuid4().hex[:12]}"
+            # Wait for any slot due within max_wait, but not forever: after
+            # 2 x max_wait in all, heavy contention defers the message.
             waited = int((time.monotonic() - started) * 1000)
-            store, decision = self._attempt(broker, message, rule, key, token, self.max_wait - waited)
+            allowance = self.max_wait if waited < _WAIT_ROUNDS * self.max_wait else 0
+            store, decision = self._attempt(broker, message, rule, key, token, allowance)
             if decision.admitted:
                 break
-            if waited + decision.wait <= self.max_wait:
+            if decision.wait <= allowance:
                 time.sleep(decision.wait / 1000)
                 continue
             defer(broker, message, **self._deferral(rule, decision, message))
