@@ -19,9 +19,11 @@ _EXPORTS: dict[str, str] = {
     "Deferred": "dramatiq_turbo.defer",
     "DeferralFailed": "dramatiq_turbo.defer",
     "RateLimiter": "dramatiq_turbo.ratelimit",
+    "presets": "dramatiq_turbo.presets",  # a public module
 }
 
 if TYPE_CHECKING:
+    from . import presets as presets
     from .defer import DeferralFailed as DeferralFailed
     from .defer import Deferred as Deferred
     from .install import install as install
@@ -35,7 +37,9 @@ def __getattr__(name: str) -> Any:
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'dramatiq_turbo' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name), name)
+    module = importlib.import_module(module_name)
+    # A name that is a module of its own (``presets``) is that module.
+    value = module if module_name == f"{__name__}.{name}" else getattr(module, name)
     globals()[name] = value
     return value
 

@@ -109,3 +109,11 @@ def test_the_installed_command_runs() -> None:
     command = [sys.executable, "-m", "dramatiq_turbo.cli", "preset", "mixed"]
     out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "--processes 2 --threads 6" in out
+
+
+def test_public_names() -> None:
+    import dramatiq_turbo
+
+    assert dramatiq_turbo.presets is presets
+    assert dramatiq_turbo.RateLimiter.__module__ == "dramatiq_turbo.ratelimit.middleware"
+    assert {"presets", "RateLimiter"} <= set(dir(dramatiq_turbo))
