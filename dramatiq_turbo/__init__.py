@@ -38,8 +38,10 @@ def __getattr__(name: str) -> Any:
     if module_name is None:
         raise AttributeError(f"module 'dramatiq_turbo' has no attribute {name!r}")
     module = importlib.import_module(module_name)
-    # A name that is a module of its own (``presets``) is that module.
-    value = module if module_name == f"{__name__}.{name}" else getattr(module, name)
+    # A public module (``presets``) is itself the name; ``install`` is a
+    # function of the module of the same name.
+    is_module = module_name == f"{__name__}.{name}" and not hasattr(module, name)
+    value = module if is_module else getattr(module, name)
     globals()[name] = value
     return value
 
