@@ -47,9 +47,11 @@ _MAX_JITTER = 100
 
 
 def admitted_at(message: Any) -> float | None:
-    """When the limiter admitted ``message`` in this delivery (ms, Redis time), or ``None``.
+    """When the limiter admitted ``message`` in this delivery, in ms, or ``None``.
 
-    This is the start that counts against the limit; actors can log it.
+    This is the start that counts against the limit; actors can log it.  It
+    is Redis time (``TIME``) with a Redis store, and the process's monotonic
+    clock when limits are counted per process.
     """
     value = getattr(message, _ADMITTED, None)
     return float(value) if value is not None else None
