@@ -12,9 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# ``install`` is imported eagerly: the function shares its name with its
+# module, and importing the submodule later would otherwise rebind the
+# package attribute to the module.
+from .install import install
+
 # Public name -> module that defines it.  Each feature adds its names here.
 _EXPORTS: dict[str, str] = {
-    "install": "dramatiq_turbo.install",
     "connect_redis": "dramatiq_turbo.redis",
     "Deferred": "dramatiq_turbo.defer",
     "DeferralFailed": "dramatiq_turbo.defer",
@@ -26,11 +30,10 @@ if TYPE_CHECKING:
     from . import presets as presets
     from .defer import DeferralFailed as DeferralFailed
     from .defer import Deferred as Deferred
-    from .install import install as install
     from .ratelimit import RateLimiter as RateLimiter
     from .redis import connect_redis as connect_redis
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", "install", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
@@ -38,8 +41,7 @@ def __getattr__(name: str) -> Any:
     if module_name is None:
         raise AttributeError(f"module 'dramatiq_turbo' has no attribute {name!r}")
     module = importlib.import_module(module_name)
-    # A public module (``presets``) is itself the name; ``install`` is a
-    # function of the module of the same name.
+    # A public module (``presets``) is itself the name.
     is_module = module_name == f"{__name__}.{name}" and not hasattr(module, name)
     value = module if is_module else getattr(module, name)
     globals()[name] = value

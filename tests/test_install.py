@@ -136,3 +136,16 @@ def test_default_flags_add_only_the_middleware_the_suite_ships():
     for cls in shipped:
         if cls is not None:
             assert sum(type(m) is cls for m in broker.middleware) == 1
+
+
+def test_install_stays_the_function_after_its_module_is_imported():
+    import subprocess
+    import sys
+
+    code = (
+        "import dramatiq_turbo.install, dramatiq_turbo\n"
+        "from dramatiq_turbo import install\n"
+        "assert callable(install) and install.__module__ == 'dramatiq_turbo.install', install\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
