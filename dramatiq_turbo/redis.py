@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -20,6 +21,8 @@ from redis.retry import Retry
 
 __all__ = [
     "RedisLike",
+    "batch_get",
+    "batch_set",
     "connect_redis",
     "connect_redis_like",
     "hash_key",
@@ -172,3 +175,79 @@ def load_script(client: redis.Redis, package: str, filename: str) -> Script:
                 _script_sources[name] = source
             script = registered[name] = client.register_script(source)
         return script
+
+
+#: One item of ``batch_set``: the key, its value, and its time to live in milliseconds (``None``: no expiry).
+BatchItem = tuple[str | bytes, bytes | str | int | float, int | None]
+
+
+def batch_set(client: redis.Redis, items: Iterable[BatchItem]) -> int:
+    """Write many keys, each with its own time to live, in one round trip.
+
+    A pipeline of one ``SET`` per key still makes the client pack and the
+    server parse one command per key; here the whole batch travels as the
+    arguments of one ``EVALSHA`` whose script sets every key (``MSET``-class
+    cost).  The script runs atomically: readers see all of the batch or none.
+    On Redis Cluster all keys must share one hash slot (name them with
+    ``hash_key``).
+
+    Parameters:
+      client(redis.Redis): The client to write with.
+      items: ``(key, value, ttl_ms_or_None)`` tuples.  A value is bytes, a
+        str (stored as UTF-8), an int or a float; ``ttl_ms`` is a positive int
+        of milliseconds, or ``None`` for a key that never expires.
+
+    Returns:
+      int: How many keys were written.
+
+    Raises:
+      ValueError: naming the item, when a key, value or TTL is not valid.
+    """
+    keys: list[str | bytes] = []
+    args: list[bytes | str | int | float] = []
+    for index, item in enumerate(items):
+        try:
+            key, value, ttl = item
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"batch_set item {index} must be (key, value, ttl_ms_or_None), got {item!r}"
+            ) from None
+        if not isinstance(key, str | bytes) or not key:
+            raise ValueError(f"batch_set item {index}: the key must be a non-empty str or bytes, got {key!r}")
+        if isinstance(value, bool) or not isinstance(value, bytes | str | int | float):
+            raise ValueError(
+                f"batch_set item {index} ({key!r}): the value must be bytes, str, int or float, "
+                f"got {type(value).__name__}"
+            )
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+            raise ValueError(
+                f"batch_set item {index} ({key!r}): ttl must be a positive int of milliseconds or None, "
+                f"got {ttl!r}"
+            )
+        keys.append(key)
+        args.append(value)
+        args.append(0 if ttl is None else ttl)
+    if not keys:
+        return 0
+    script = load_script(client, "dramatiq_turbo", "batch_set.lua")
+    return int(script(keys=keys, args=args, client=client))
+
+
+def batch_get(client: redis.Redis, keys: Sequence[str | bytes]) -> list[bytes | None]:
+    """Read many keys in one round trip (one ``MGET``).
+
+    Parameters:
+      client(redis.Redis): The client to read with.
+      keys: The keys, in the order the values are wanted.
+
+    Returns:
+      list: The raw values in the order of ``keys``, ``None`` where a key is
+      missing.
+    """
+    if isinstance(keys, str | bytes):
+        raise ValueError("batch_get takes a sequence of keys, not a single key")
+    keys = list(keys)
+    if not keys:
+        return []
+    values: list[bytes | None] = client.mget(keys)  # type: ignore[assignment]
+    return values
