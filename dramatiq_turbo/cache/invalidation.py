@@ -3,10 +3,11 @@
 Every write and delete of a ``MultiLevelCache`` publishes its keys on
 ``<namespace>:invalidate`` in the same round trip.  Each process runs one
 listener thread that drops those keys from its L1.  Pub/sub delivers only
-to connected subscribers, so whenever the listener (re)subscribes - at
-start, and after Redis was unreachable - it clears the whole L1: any
-message it may have missed is then harmless.  While the listener is cut
-off, an L1 entry may be stale for at most the cache's ``l1_ttl``.
+to connected subscribers, so when the listener subscribes again after Redis
+was unreachable, it clears the whole L1: any message it missed is then
+harmless.  While the listener is cut off (and in the milliseconds before its
+first subscription is confirmed), an L1 entry may be stale for at most the
+cache's ``l1_ttl``.
 """
 
 from __future__ import annotations
@@ -73,18 +74,21 @@ class InvalidationListener:
 
     def _run(self) -> None:
         stop, subscribed = self._stop, self.subscribed
+        first = True
         while not stop.is_set():
-            pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self.store.client.pubsub()  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self.store.channel)
                 # Read the confirmation, so "subscribed" means messages now arrive.
-                while pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0) is None:
+                while pubsub.get_message(timeout=1.0) is None:
                     if stop.is_set():
                         return
-                self.reset()
+                if not first:
+                    self.reset()
+                first = False
                 subscribed.set()
                 while not stop.is_set():
-                    message = pubsub.get_message(timeout=0.5)
+                    message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                     if message is not None and message.get("type") == "message":
                         self._apply(message["data"])
             except (redis.RedisError, OSError) as error:

@@ -48,7 +48,9 @@ broker = RedisBroker(url=REDIS_URL, namespace=NAMESPACE)
 broker.add_middleware(Results(backend=RedisBackend(url=REDIS_URL, namespace=f"{NAMESPACE}-results")))
 broker.add_middleware(CountCommands())
 cache = MultiLevelCache(redis=counting_client(REDIS_URL), namespace=f"{NAMESPACE}-cache")
-install(broker, cache=ResultCache(cache=cache), breaker=False, rate_limit=False, backoff=False, telemetry=False)
+install(
+    broker, cache=ResultCache(cache=cache), breaker=False, rate_limit=False, backoff=False, telemetry=False
+)
 dramatiq.set_broker(broker)
 
 
