@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import Middleware, MiddlewareError
 
 from ..events import record
 from ..marks import mark_cache_hit
@@ -18,11 +18,15 @@ from ..redis import RedisLike
 from .hashing import args_key
 from .multilevel import Lookup, MultiLevelCache
 
-__all__ = ["ResultCache"]
+__all__ = ["CacheOptionError", "ResultCache"]
 
 logger = logging.getLogger(__name__)
 
 _WRAPPED = "_turbo_result_cache"
+
+
+class CacheOptionError(MiddlewareError, ValueError):
+    """An actor declares a cache option with a wrong value."""
 
 
 class _Delivery:
@@ -93,18 +97,23 @@ class ResultCache(Middleware):
         return {"cache", "cache_key", "cache_ttl", "cache_version"}
 
     # Declaration ---------------------------------------------------------------
+    def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        # Only a MiddlewareError escapes a hook, so bad options fail the declaration loudly.
+        try:
+            if "cache_ttl" in actor.options:
+                require_ms(f"{actor.actor_name}: cache_ttl", actor.options["cache_ttl"], allow_zero=False)
+        except ValueError as error:
+            raise CacheOptionError(str(error)) from None
+        key_fn = actor.options.get("cache_key")
+        if key_fn is not None and not callable(key_fn):
+            raise CacheOptionError(
+                f"{actor.actor_name}: cache_key must be a callable returning a str, got {key_fn!r}"
+            )
+
     def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         fn = actor.fn
         if getattr(fn, _WRAPPED, None) is self:
             return
-        for name in ("cache_ttl",):
-            if name in actor.options:
-                require_ms(f"{actor.actor_name}: {name}", actor.options[name], allow_zero=False)
-        key_fn = actor.options.get("cache_key")
-        if key_fn is not None and not callable(key_fn):
-            raise ValueError(
-                f"{actor.actor_name}: cache_key must be a callable returning a str, got {key_fn!r}"
-            )
         local = self._local
         actor_name = actor.actor_name
 
