@@ -169,11 +169,10 @@ class MultiLevelCache:
     # Public API ------------------------------------------------------------
     def get(self, key: str, default: Any = None) -> Any:
         """The value of ``key`` from L1, else from L2 (filling L1), else ``default``."""
-        self._check_key(key)
         value = self.l1.get(key)
         if value is not MISSING:
-            self._count("l1_hits")
             return value
+        self._check_key(key)
         store = self._usable_store()
         if store is not None:
             try:
@@ -202,7 +201,6 @@ class MultiLevelCache:
                 wanted.append(key)
             else:
                 result[key] = value
-        self._count("l1_hits", len(result))
         store = self._usable_store()
         if wanted and store is not None:
             try:
@@ -289,11 +287,10 @@ class MultiLevelCache:
         call.  A ``Lookup`` that is not ``found`` must end with
         ``complete(value)`` or ``abandon()``.
         """
-        self._check_key(key)
         value = self.l1.get(key)
         if value is not MISSING:
-            self._count("l1_hits")
             return Lookup(self, key, found=True, value=value, level="l1")
+        self._check_key(key)
         wait_ms = self.wait_timeout if wait_timeout is None else require_ms("wait_timeout", wait_timeout)
         deadline = time.monotonic() + wait_ms / 1000
         waited: str | None = None
@@ -303,7 +300,6 @@ class MultiLevelCache:
                 state = flight.wait(deadline - time.monotonic())
                 if state == DONE:
                     self._count("waits")
-                    self._count("l1_hits")
                     return Lookup(self, key, found=True, value=flight.value, level="l1", waited="value")
                 if state != FAILED:
                     # Waited long enough: compute without the flight.
@@ -314,7 +310,6 @@ class MultiLevelCache:
             value = self.l1.get(key)
             if value is not MISSING:
                 self._flights.resolve(key, flight, value)
-                self._count("l1_hits")
                 return Lookup(self, key, found=True, value=value, level="l1", waited=waited)
             return self._remote_begin(key, flight, deadline, waited)
 
@@ -324,6 +319,7 @@ class MultiLevelCache:
         caller's computation), ``outages``, and ``l1_size``."""
         with self._counts_lock:
             counts = dict(self._counts)
+        counts["l1_hits"] += self.l1.hits
         counts["outages"] = self.outage.outages
         counts["l1_size"] = len(self.l1)
         return counts
