@@ -204,33 +204,52 @@ def batch_set(client: redis.Redis, items: Iterable[BatchItem]) -> int:
       ValueError: naming the item, when a key, value or TTL is not valid.
     """
     keys: list[str | bytes] = []
-    args: list[bytes | str | int | float] = []
-    for index, item in enumerate(items):
-        try:
+    values: list[bytes | str | int | float] = []
+    ttls: list[str] = []
+    for item in items:
+        # The fast path checks little; the slow one names the bad item.
+        if type(item) is tuple and len(item) == 3:
             key, value, ttl = item
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"batch_set item {index} must be (key, value, ttl_ms_or_None), got {item!r}"
-            ) from None
-        if not isinstance(key, str | bytes) or not key:
-            raise ValueError(f"batch_set item {index}: the key must be a non-empty str or bytes, got {key!r}")
-        if isinstance(value, bool) or not isinstance(value, bytes | str | int | float):
-            raise ValueError(
-                f"batch_set item {index} ({key!r}): the value must be bytes, str, int or float, "
-                f"got {type(value).__name__}"
-            )
-        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
-            raise ValueError(
-                f"batch_set item {index} ({key!r}): ttl must be a positive int of milliseconds or None, "
-                f"got {ttl!r}"
-            )
-        keys.append(key)
-        args.append(value)
-        args.append(0 if ttl is None else ttl)
+            if (
+                type(key) in _KEY_TYPES
+                and key
+                and type(value) in _VALUE_TYPES
+                and (ttl is None or (type(ttl) is int and ttl > 0))
+            ):
+                keys.append(key)
+                values.append(value)
+                ttls.append("0" if ttl is None else str(ttl))
+                continue
+        _reject_item(len(keys), item)
     if not keys:
         return 0
     script = load_script(client, "dramatiq_turbo", "batch_set.lua")
-    return int(script(keys=keys, args=args, client=client))
+    # The TTLs travel as one argument: a third fewer arguments to encode and parse.
+    return int(script(keys=keys, args=[" ".join(ttls), *values], client=client))
+
+
+_KEY_TYPES = (str, bytes)
+_VALUE_TYPES = (bytes, str, int, float)
+
+
+def _reject_item(index: int, item: Any) -> None:
+    """Raise the ``ValueError`` that names what is wrong with ``batch_set``'s item ``index``."""
+    try:
+        key, value, ttl = item
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"batch_set item {index} must be (key, value, ttl_ms_or_None), got {item!r}"
+        ) from None
+    if not isinstance(key, str | bytes) or not key:
+        raise ValueError(f"batch_set item {index}: the key must be a non-empty str or bytes, got {key!r}")
+    if isinstance(value, bool) or not isinstance(value, bytes | str | int | float):
+        raise ValueError(
+            f"batch_set item {index} ({key!r}): the value must be bytes, str, int or float, "
+            f"got {type(value).__name__}"
+        )
+    raise ValueError(
+        f"batch_set item {index} ({key!r}): ttl must be a positive int of milliseconds or None, got {ttl!r}"
+    )
 
 
 def batch_get(client: redis.Redis, keys: Sequence[str | bytes]) -> list[bytes | None]:
