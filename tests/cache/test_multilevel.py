@@ -14,6 +14,15 @@ from tests import harness
 from tests.cache.counting import CountingConnection, counting_client
 
 
+def run_together(targets) -> None:
+    """Start one thread per callable at once and wait for all of them."""
+    threads = [threading.Thread(target=target) for target in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 def test_get_set_delete_and_stats(fake_redis, make_cache):
     cache = make_cache(redis=fake_redis)
     assert cache.get("k") is None
@@ -150,13 +159,7 @@ def test_without_redis_it_is_an_l1_cache_with_single_flight(make_cache):
         time.sleep(0.3)
         return "value"
 
-    threads = [
-        threading.Thread(target=lambda: results.append(cache.get_or_compute("k", slow))) for _ in range(8)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together([lambda: results.append(cache.get_or_compute("k", slow))] * 8)
     assert results == ["value"] * 8
     assert len(calls) == 1
     assert cache.stats()["waits"] == 7
@@ -268,13 +271,7 @@ def test_threads_and_two_caches_on_real_redis_compute_once(redis_url, redis_clie
         time.sleep(0.4)
         return "value"
 
-    threads = [
-        threading.Thread(target=lambda c=c: results.append(c.get_or_compute("k", slow))) for c in caches * 4
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together([lambda c=c: results.append(c.get_or_compute("k", slow)) for c in caches * 4])
     assert results == ["value"] * 8
     assert len(calls) == 1
     assert not redis_client.exists(f"{caches[0].namespace}:{{k}}:lease")
