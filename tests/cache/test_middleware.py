@@ -13,6 +13,7 @@ from dramatiq.results.backends import RedisBackend, StubBackend
 
 from dramatiq_turbo import install
 from dramatiq_turbo.cache import MultiLevelCache, ResultCache, content_hash
+from dramatiq_turbo.events import add_listener, remove_listener
 from dramatiq_turbo.marks import is_cache_hit
 from tests import harness
 
@@ -65,6 +66,9 @@ def test_a_hit_skips_the_body_stores_the_result_continues_pipelines_and_fires_on
     def on_done(message_data, result):
         successes.append(result)
 
+    events: list[tuple[str, dict]] = []
+    listener = lambda name, attributes: events.append((name, dict(attributes)))  # noqa: E731
+    add_listener(listener)
     start_worker(broker)
     first = summarize.send_with_options(args=("a",), on_success=on_done)
     assert first.get_result(block=True, timeout=5_000) == {"summary": "A"}
@@ -80,6 +84,12 @@ def test_a_hit_skips_the_body_stores_the_result_continues_pipelines_and_fires_on
     assert successes == [{"summary": "A"}, {"summary": "A"}]
     assert spy.seen.count(True) == 2  # the hits were marked for the gates behind the cache
     assert cache.stats()["computations"] == 1
+    remove_listener(listener)
+    names = [name for name, _ in events]
+    assert names.count("cache.miss") == 1
+    assert names.count("cache.store") == 1
+    assert ("cache.hit", {"level": "l1"}) in events
+    assert names.count("cache.hit") == 2
 
 
 def test_actors_without_cache_options_run_every_time(stub_stack, start_worker):

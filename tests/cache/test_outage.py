@@ -91,3 +91,24 @@ def test_get_or_compute_without_redis_reachable_still_computes_once_per_process(
     assert calls == [1]
     assert cache.stats()["outages"] == 1
     cache.close()
+
+
+def test_after_an_outage_the_listener_resubscribes_and_clears_l1(spare_redis):
+    """Invalidations sent while a process was cut off are lost, so its whole L1 goes."""
+    writer = MultiLevelCache(redis=connect_redis(spare_redis.url), namespace="resub", retry_interval=100)
+    reader = MultiLevelCache(redis=connect_redis(spare_redis.url), namespace="resub", retry_interval=100)
+    writer.set("k", "v1")
+    assert reader.get("k") == "v1"
+    harness.wait_for(lambda: reader._listener.subscribed.is_set(), timeout=5, what="reader subscribed")
+    assert reader.l1.get("k", None) == "v1"
+    spare_redis.stop()
+    harness.wait_for(
+        lambda: not reader._listener.subscribed.is_set(), timeout=5, what="the listener to notice"
+    )
+    spare_redis.start()
+    harness.wait_for(
+        lambda: reader._listener.subscribed.is_set(), timeout=10, what="the listener to resubscribe"
+    )
+    assert reader.l1.get("k", None) is None
+    writer.close()
+    reader.close()
