@@ -43,6 +43,7 @@ class RedisStore:
         self.channel = f"{namespace}:invalidate"
         #: Identifies this process's messages on the channel, so it skips its own.
         self.origin = uuid.uuid4().hex
+        self._scripts: dict[str, Any] = {}
 
     # Key names -----------------------------------------------------------
     def value_key(self, key: str) -> str:
@@ -57,7 +58,11 @@ class RedisStore:
         return json.dumps({"o": self.origin, "k": list(keys)}, separators=(",", ":"))
 
     def script(self, filename: str) -> Any:
-        return load_script(self.client, _PACKAGE, filename)
+        # Kept per store: load_script takes a lock, and this is on every L2 hit.
+        script = self._scripts.get(filename)
+        if script is None:
+            script = self._scripts[filename] = load_script(self.client, _PACKAGE, filename)
+        return script
 
     # Reads -----------------------------------------------------------------
     def get(self, key: str) -> tuple[bytes, int] | None:
