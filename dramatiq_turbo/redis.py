@@ -12,7 +12,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from redis.backoff import NoBackoff
@@ -203,37 +203,45 @@ def batch_set(client: redis.Redis, items: Iterable[BatchItem]) -> int:
     Raises:
       ValueError: naming the item, when a key, value or TTL is not valid.
     """
-    keys: list[str | bytes] = []
-    values: list[bytes | str | int | float] = []
-    ttls: list[str] = []
-    for item in items:
-        # The fast path checks little; the slow one names the bad item.
-        if type(item) is tuple and len(item) == 3:
-            key, value, ttl = item
-            if (
-                type(key) in _KEY_TYPES
-                and key
-                and type(value) in _VALUE_TYPES
-                and (ttl is None or (type(ttl) is int and ttl > 0))
-            ):
-                keys.append(key)
-                values.append(value)
-                ttls.append("0" if ttl is None else str(ttl))
-                continue
-        _reject_item(len(keys), item)
-    if not keys:
+    items = list(items)
+    if not items:
         return 0
+    # Checked a column at a time with comprehensions and sets of types (C
+    # loops): per-item Python checks would cost more than the write itself.
+    try:
+        keys = [key for key, _, _ in items]
+        values = [value for _, value, _ in items]
+        ttls = [ttl for _, _, ttl in items]
+    except (TypeError, ValueError):
+        keys, values, ttls = [], [], []
+    if (
+        len(keys) != len(items)
+        or not set(map(type, keys)) <= _KEY_TYPES
+        or not all(keys)
+        or not set(map(type, values)) <= _VALUE_TYPES
+        or not set(map(type, ttls)) <= _TTL_TYPES
+        or min((ttl for ttl in ttls if ttl is not None), default=1) <= 0
+    ):
+        _reject(items)
     script = load_script(client, "dramatiq_turbo", "batch_set.lua")
     # The TTLs travel as one argument: a third fewer arguments to encode and parse.
-    return int(script(keys=keys, args=[" ".join(ttls), *values], client=client))
+    ttl_arg = " ".join(["0" if ttl is None else str(ttl) for ttl in ttls])
+    return int(script(keys=keys, args=[ttl_arg, *values], client=client))
 
 
-_KEY_TYPES = (str, bytes)
-_VALUE_TYPES = (bytes, str, int, float)
+_KEY_TYPES = {str, bytes}
+_VALUE_TYPES = {bytes, str, int, float}
+_TTL_TYPES = {int, type(None)}
 
 
-def _reject_item(index: int, item: Any) -> None:
-    """Raise the ``ValueError`` that names what is wrong with ``batch_set``'s item ``index``."""
+def _reject(items: list[Any]) -> NoReturn:
+    """Raise the ``ValueError`` that names the first bad item of ``batch_set``."""
+    for index, item in enumerate(items):
+        _check_item(index, item)
+    raise ValueError("batch_set items must be (key, value, ttl_ms_or_None) tuples")
+
+
+def _check_item(index: int, item: Any) -> None:
     try:
         key, value, ttl = item
     except (TypeError, ValueError):
@@ -247,9 +255,11 @@ def _reject_item(index: int, item: Any) -> None:
             f"batch_set item {index} ({key!r}): the value must be bytes, str, int or float, "
             f"got {type(value).__name__}"
         )
-    raise ValueError(
-        f"batch_set item {index} ({key!r}): ttl must be a positive int of milliseconds or None, got {ttl!r}"
-    )
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+        raise ValueError(
+            f"batch_set item {index} ({key!r}): ttl must be a positive int of milliseconds or None, "
+            f"got {ttl!r}"
+        )
 
 
 def batch_get(client: redis.Redis, keys: Sequence[str | bytes]) -> list[bytes | None]:
