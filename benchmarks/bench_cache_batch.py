@@ -17,7 +17,7 @@ from _cache_common import REDIS_URL, median, table
 from dramatiq_turbo import batch_get, batch_set, connect_redis
 
 KEYS = 1_000
-ROUNDS = 7
+ROUNDS = 15
 
 
 def timed(fn) -> float:

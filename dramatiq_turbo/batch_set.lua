@@ -1,22 +1,17 @@
--- batch_set: KEYS are the keys; ARGV[1] holds their TTLs in milliseconds,
--- space-separated, in key order ("0": no expiry); ARGV[2..] their values.
--- One call writes the whole batch.
+-- batch_set: write many keys, each with its own TTL, in one call.
+-- KEYS: the keys (declared, as Redis requires).  ARGV[1]: their TTLs in
+-- milliseconds, space-separated, in key order ("0": no expiry).  ARGV[2..]:
+-- key1, value1, key2, value2, ... (the same keys, in the same order).
 --
--- One MSET per chunk writes the values (and clears old TTLs), then only the
--- keys that expire get a PEXPIRE: a native multi-key write costs far less
--- per key than one SET ... PX call per key from Lua.
-local chunk = 1000 -- pairs per MSET, well below the unpack limit of the Lua stack
-local pairs_ = {}
-for i = 1, #KEYS do
-  pairs_[#pairs_ + 1] = KEYS[i]
-  pairs_[#pairs_ + 1] = ARGV[i + 1]
-  if #pairs_ >= 2 * chunk then
-    redis.call('MSET', unpack(pairs_))
-    pairs_ = {}
-  end
-end
-if #pairs_ > 0 then
-  redis.call('MSET', unpack(pairs_))
+-- MSET takes its pairs straight from ARGV, a chunk at a time, without
+-- copying them into a Lua table; then only the keys that expire get a
+-- PEXPIRE.  (MSET also clears any TTL a key had.)
+local last = 1 + 2 * #KEYS
+local first = 2
+while first <= last do
+  local stop = math.min(first + 1999, last) -- 1,000 pairs: below Lua's unpack limit
+  redis.call('MSET', unpack(ARGV, first, stop))
+  first = stop + 1
 end
 local i = 0
 for ttl in string.gmatch(ARGV[1], '%d+') do

@@ -224,9 +224,18 @@ def batch_set(client: redis.Redis, items: Iterable[BatchItem]) -> int:
     ):
         _reject(items)
     script = load_script(client, "dramatiq_turbo", "batch_set.lua")
-    # The TTLs travel as one argument: a third fewer arguments to encode and parse.
-    ttl_arg = " ".join(["0" if ttl is None else str(ttl) for ttl in ttls])
-    return int(script(keys=keys, args=[ttl_arg, *values], client=client))
+    return int(script(keys=keys, args=batch_set_arguments(keys, values, ttls), client=client))
+
+
+def batch_set_arguments(
+    keys: Sequence[str | bytes], values: Sequence[Any], ttls: Sequence[int | None]
+) -> list[Any]:
+    """ARGV of ``batch_set.lua``: the TTLs as one argument (fewer arguments to encode and parse),
+    then the key/value pairs that its ``MSET`` takes as they are."""
+    pairs: list[Any] = [None] * (2 * len(keys))
+    pairs[0::2] = keys
+    pairs[1::2] = values
+    return [" ".join(["0" if ttl is None else str(ttl) for ttl in ttls]), *pairs]
 
 
 _KEY_TYPES = {str, bytes}

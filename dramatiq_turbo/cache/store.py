@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from ..redis import hash_key, load_script
+from ..redis import batch_set_arguments, hash_key, load_script
 
 __all__ = ["RedisStore"]
 
@@ -102,8 +102,7 @@ class RedisStore:
         """
         script = load_script(self.client, "dramatiq_turbo", "batch_set.lua")
         keys = [self.value_key(key) for key, _, _ in items]
-        ttls = " ".join(str(ttl or 0) for _, _, ttl in items)
-        args: list[bytes | str] = [ttls, *(data for _, data, _ in items)]
+        args = batch_set_arguments(keys, [data for _, data, _ in items], [ttl for _, _, ttl in items])
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)
