@@ -275,3 +275,35 @@ def test_threads_and_two_caches_on_real_redis_compute_once(redis_url, redis_clie
     assert results == ["value"] * 8
     assert len(calls) == 1
     assert not redis_client.exists(f"{caches[0].namespace}:{{k}}:lease")
+
+
+@pytest.mark.integration
+def test_a_waiter_in_another_process_computes_when_the_computer_fails(redis_url, redis_client, make_cache):
+    """Two caches stand for two processes: the waiter blocks on Redis, not on an in-process Event."""
+    computer = make_cache(redis=redis_url)
+    waiter = make_cache(redis=redis_url, namespace=computer.namespace)
+    started = threading.Event()
+    outcomes: dict[str, object] = {}
+
+    def failing() -> str:
+        started.set()
+        time.sleep(0.3)
+        raise RuntimeError("computer failed")
+
+    def compute_and_fail() -> None:
+        try:
+            computer.get_or_compute("k", failing)
+        except RuntimeError as error:
+            outcomes["computer"] = error
+
+    thread = threading.Thread(target=compute_and_fail)
+    thread.start()
+    started.wait(5)
+    start = time.monotonic()
+    outcomes["waiter"] = waiter.get_or_compute("k", lambda: "computed by the waiter")
+    thread.join()
+    assert isinstance(outcomes["computer"], RuntimeError)
+    assert outcomes["waiter"] == "computed by the waiter"
+    # Woken when the computation failed, not after the lease expired (10 s).
+    assert time.monotonic() - start < 2
+    assert computer.get("k") == "computed by the waiter"
