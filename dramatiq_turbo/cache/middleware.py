@@ -59,9 +59,9 @@ class ResultCache(Middleware):
     the in-process L1 alone; the outage is logged once.
 
     Actor (and message) options:
-      cache(bool): Cache this actor's results.  Default: the middleware's
-        ``cache`` argument (``False``), or ``True`` when the actor sets
-        ``cache_key`` or ``cache_ttl``.
+      cache(bool): Cache this actor's results.  Default: ``True`` when the
+        actor sets ``cache_key`` or ``cache_ttl``, else the middleware's
+        ``default`` (``False``).
       cache_key(callable): Called with the actor's arguments, returns the key
         (a str), e.g. ``lambda pdf_bytes, **_: content_hash(pdf_bytes)``.
         Default: the actor's name, ``cache_version`` and a hash of the
