@@ -20,17 +20,27 @@ from .install import install
 # Public name -> module that defines it.  Each feature adds its names here.
 _EXPORTS: dict[str, str] = {
     "connect_redis": "dramatiq_turbo.redis",
+    "batch_get": "dramatiq_turbo.redis",
+    "batch_set": "dramatiq_turbo.redis",
     "Deferred": "dramatiq_turbo.defer",
     "DeferralFailed": "dramatiq_turbo.defer",
+    "ResultCache": "dramatiq_turbo.cache",
+    "MultiLevelCache": "dramatiq_turbo.cache",
+    "content_hash": "dramatiq_turbo.cache",
     "RateLimiter": "dramatiq_turbo.ratelimit",
     "presets": "dramatiq_turbo.presets",  # a public module
 }
 
 if TYPE_CHECKING:
     from . import presets as presets
+    from .cache import MultiLevelCache as MultiLevelCache
+    from .cache import ResultCache as ResultCache
+    from .cache import content_hash as content_hash
     from .defer import DeferralFailed as DeferralFailed
     from .defer import Deferred as Deferred
     from .ratelimit import RateLimiter as RateLimiter
+    from .redis import batch_get as batch_get
+    from .redis import batch_set as batch_set
     from .redis import connect_redis as connect_redis
 
 __all__ = ["__version__", "install", *_EXPORTS]

@@ -1,0 +1,444 @@
+"""``MultiLevelCache``: L1 in the process, L2 in Redis, and single-flight computation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import redis
+
+from ..options import require_ms
+from ..outage import Outage
+from ..redis import RedisLike, resolve_redis
+from .invalidation import InvalidationListener
+from .l1 import MISSING, LocalCache
+from .serializers import Codec, Serializer, UndecodableValue, get_serializer
+from .singleflight import DONE, FAILED, Flight, Leases, LocalFlights
+from .store import RedisStore
+
+__all__ = ["Lookup", "MultiLevelCache"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_caches: weakref.WeakSet[MultiLevelCache] = weakref.WeakSet()
+
+
+def _after_fork() -> None:
+    for cache in list(_caches):
+        cache._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork)
+
+
+class Lookup:
+    """What ``MultiLevelCache.begin`` found for a key.
+
+    Either ``found`` is true and ``value`` is the cached value (``level`` says
+    where it came from: ``"l1"`` or ``"l2"``), or it is the caller's turn to
+    compute the value and then call ``complete(value)`` - or ``abandon()`` if
+    the computation failed, so that waiters stop waiting for it.
+    ``waited`` is ``None``, or the outcome of waiting for another caller's
+    computation: ``"value"``, ``"failed"`` (it failed; this caller computes)
+    or ``"timeout"`` (it took too long; this caller computes too).
+    """
+
+    __slots__ = ("_cache", "_done", "_flight", "_token", "found", "key", "level", "value", "waited")
+
+    def __init__(
+        self,
+        cache: MultiLevelCache,
+        key: str,
+        *,
+        found: bool,
+        value: Any = None,
+        level: str | None = None,
+        waited: str | None = None,
+        flight: Flight | None = None,
+        token: str = "",
+    ) -> None:
+        self._cache = cache
+        self.key = key
+        self.found = found
+        self.value = value
+        self.level = level
+        self.waited = waited
+        self._flight = flight
+        self._token = token
+        self._done = found
+
+    def complete(self, value: Any, ttl: int | None = None) -> None:
+        """Store the computed ``value`` (L1 and L2) and hand it to every waiter.
+
+        Raises:
+          TypeError: when the serializer cannot hold ``value``; the waiters
+            are released to compute on their own.
+        """
+        if self._done:
+            return
+        self._done = True
+        self._cache._complete(self.key, value, ttl, self._flight, self._token)
+
+    def abandon(self) -> None:
+        """Give up this turn without a value: nothing is stored, waiters try on their own."""
+        if self._done:
+            return
+        self._done = True
+        self._cache._abandon(self.key, self._flight, self._token)
+
+
+class MultiLevelCache:
+    """A two-level cache: L1 in the process (TTL + LRU), L2 in Redis (TTL).
+
+    ``get`` looks in L1, then L2, and an L2 hit fills L1.  Values are JSON
+    by default; ``get_or_compute`` computes a missing value once however many
+    threads and processes ask for it at the same time (single-flight).  With
+    ``redis=None``, or while Redis is unreachable, it works on L1 alone; an
+    outage is logged once and the cache resumes by itself.
+
+    Parameters:
+      redis: A client from ``connect_redis``, a Redis URL, or ``None`` for L1 only.
+      l1_maxsize(int): Entries kept in the process; ``0`` disables L1.
+      l1_ttl(int): Milliseconds an entry lives in L1 at most (never longer
+        than its L2 copy).  Also the longest an L1 entry can be stale while
+        this process is cut off from the invalidation channel.
+      l2_ttl(int): Milliseconds a value lives in Redis unless ``ttl`` says otherwise.
+      namespace(str): The prefix of every Redis key.
+      serializer: ``"json"`` (default), ``"pickle"`` (opt-in: unpickling runs
+        code) or an object with a one-byte ``tag``, ``dumps`` and ``loads``.
+      compress_threshold(int): Encoded values of at least this many bytes
+        are stored zlib-compressed; ``0`` never compresses.
+      lease_ttl(int): Milliseconds a single-flight lease lives unless its
+        holder renews it; waiters take over within this time if it dies.
+      wait_timeout(int): Milliseconds a caller waits for another one's
+        computation before it computes on its own.
+      retry_interval(int): During an outage, milliseconds between attempts
+        to reach Redis (calls in between go straight to L1).
+    """
+
+    def __init__(
+        self,
+        *,
+        redis: RedisLike = None,
+        l1_maxsize: int = 100,
+        l1_ttl: int = 60_000,
+        l2_ttl: int = 86_400_000,
+        namespace: str = "turbo:cache",
+        serializer: str | Serializer = "json",
+        compress_threshold: int = 4096,
+        lease_ttl: int = 10_000,
+        wait_timeout: int = 120_000,
+        retry_interval: int = 1_000,
+    ) -> None:
+        if isinstance(l1_maxsize, bool) or not isinstance(l1_maxsize, int) or l1_maxsize < 0:
+            raise ValueError(f"l1_maxsize must be an int >= 0, got {l1_maxsize!r}")
+        if not isinstance(namespace, str) or not namespace:
+            raise ValueError(f"namespace must be a non-empty str, got {namespace!r}")
+        self.l1_ttl = require_ms("l1_ttl", l1_ttl)
+        self.l2_ttl = require_ms("l2_ttl", l2_ttl, allow_zero=False)
+        self.lease_ttl = require_ms("lease_ttl", lease_ttl, allow_zero=False)
+        self.wait_timeout = require_ms("wait_timeout", wait_timeout)
+        self.retry_interval = require_ms("retry_interval", retry_interval)
+        self.namespace = namespace
+        self.codec = Codec(get_serializer(serializer), compress_threshold=compress_threshold)
+        self.l1 = LocalCache(maxsize=l1_maxsize, ttl=self.l1_ttl)
+        self.outage = Outage(component="cache", logger=logger)
+        self._flights = LocalFlights()
+        self._client = resolve_redis(redis)
+        self._store: RedisStore | None = None
+        self._leases: Leases | None = None
+        self._listener: InvalidationListener | None = None
+        if self._client is not None:
+            self._store = RedisStore(self._client, namespace=namespace)
+            self._leases = Leases(self._store, lease_ttl=self.lease_ttl)
+            self._listener = InvalidationListener(
+                self._store, drop=self._drop_local, reset=self.l1.clear, retry_interval=self.retry_interval
+            )
+        self._last_failure = 0.0
+        self._counts = dict.fromkeys(("l1_hits", "l2_hits", "misses", "errors", "computations", "waits"), 0)
+        self._counts_lock = threading.Lock()
+        _caches.add(self)
+
+    # Public API ------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key`` from L1, else from L2 (filling L1), else ``default``."""
+        value = self.l1.get(key)
+        if value is not MISSING:
+            return value
+        self._check_key(key)
+        store = self._usable_store()
+        if store is not None:
+            try:
+                found = store.get(key)
+                self.outage.succeeded()
+            except redis.RedisError as error:
+                self._failed(error)
+                found = None
+            if found is not None:
+                value = self._decode(key, *found)
+                if value is not MISSING:
+                    self._count("l2_hits")
+                    return value
+        self._count("misses")
+        return default
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """The values of those ``keys`` that are cached, as a dict; L2 is read in one round trip."""
+        keys = list(dict.fromkeys(keys))
+        result: dict[str, Any] = {}
+        wanted: list[str] = []
+        for key in keys:
+            self._check_key(key)
+            value = self.l1.get(key)
+            if value is MISSING:
+                wanted.append(key)
+            else:
+                result[key] = value
+        store = self._usable_store()
+        if wanted and store is not None:
+            try:
+                found = store.get_many(wanted)
+                self.outage.succeeded()
+            except redis.RedisError as error:
+                self._failed(error)
+                found = [None] * len(wanted)
+            for key, entry in zip(wanted, found, strict=True):
+                if entry is not None:
+                    value = self._decode(key, *entry)
+                    if value is not MISSING:
+                        result[key] = value
+                        self._count("l2_hits")
+        self._count("misses", len(keys) - len(result))
+        return {key: result[key] for key in keys if key in result}
+
+    def set(self, key: str, value: Any, ttl: int | None = None) -> None:
+        """Store ``value`` under ``key`` for ``ttl`` milliseconds (default ``l2_ttl``).
+
+        Raises:
+          TypeError: when the serializer cannot hold ``value``.
+        """
+        self._check_key(key)
+        ttl = self._ttl(ttl)
+        data = self.codec.encode(value)
+        self.l1.set(key, value, ttl)
+        store = self._usable_store()
+        if store is not None:
+            self._call(store.set, key, data, ttl)
+
+    def set_many(self, items: Mapping[str, Any], ttl: int | None = None) -> None:
+        """``set`` for many keys; L2 is written in one round trip."""
+        ttl = self._ttl(ttl)
+        encoded = []
+        for key, value in items.items():
+            self._check_key(key)
+            encoded.append((key, self.codec.encode(value), ttl))
+        for key, value in items.items():
+            self.l1.set(key, value, ttl)
+        store = self._usable_store()
+        if encoded and store is not None:
+            self._call(store.set_many, encoded)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key`` from L2 and from L1 in every process; whether L2 had it.
+
+        Other processes drop their L1 copy when the invalidation message
+        reaches them (a few milliseconds); a process cut off from Redis
+        keeps serving its copy for at most ``l1_ttl``.
+        """
+        self._check_key(key)
+        self.l1.pop(key)
+        store = self._usable_store()
+        if store is None:
+            return False
+        return bool(self._call(store.delete, [key]))
+
+    def get_or_compute(self, key: str, fn: Callable[[], T], ttl: int | None = None) -> T:
+        """The cached value of ``key``, or ``fn()`` computed once and cached for ``ttl`` ms.
+
+        Concurrent callers of a missing key - threads here, and other
+        processes through Redis - wait for one computation instead of
+        repeating it.  If ``fn`` raises, nothing is cached, the exception
+        propagates to this caller only, and the waiters compute on their own.
+        """
+        ttl = None if ttl is None else self._ttl(ttl)
+        lookup = self.begin(key)
+        if lookup.found:
+            return lookup.value  # type: ignore[no-any-return]
+        try:
+            value = fn()
+        except BaseException:
+            lookup.abandon()
+            raise
+        lookup.complete(value, ttl)
+        return value
+
+    def begin(self, key: str, *, wait_timeout: int | None = None) -> Lookup:
+        """Find ``key``, waiting for a concurrent computation of it, or get the turn to compute it.
+
+        The two-step form of ``get_or_compute``, for callers (such as the
+        ``ResultCache`` middleware) whose computation is not one function
+        call.  A ``Lookup`` that is not ``found`` must end with
+        ``complete(value)`` or ``abandon()``.
+        """
+        value = self.l1.get(key)
+        if value is not MISSING:
+            return Lookup(self, key, found=True, value=value, level="l1")
+        self._check_key(key)
+        wait_ms = self.wait_timeout if wait_timeout is None else require_ms("wait_timeout", wait_timeout)
+        deadline = time.monotonic() + wait_ms / 1000
+        waited: str | None = None
+        while True:
+            flight, leader = self._flights.join(key)
+            if not leader:
+                state = flight.wait(deadline - time.monotonic())
+                if state == DONE:
+                    self._count("waits")
+                    return Lookup(self, key, found=True, value=flight.value, level="l1", waited="value")
+                if state != FAILED:
+                    # Waited long enough: compute without the flight.
+                    return self._turn(key, None, "", "timeout")
+                waited = "failed"
+                continue
+            # Leading this process's flight.  Another one may have just ended.
+            value = self.l1.get(key)
+            if value is not MISSING:
+                self._flights.resolve(key, flight, value)
+                return Lookup(self, key, found=True, value=value, level="l1", waited=waited)
+            return self._remote_begin(key, flight, deadline, waited)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ``l1_hits``, ``l2_hits``, ``misses``, ``errors`` (Redis and undecodable values),
+        ``computations`` (turns handed out to compute), ``waits`` (values received from another
+        caller's computation), ``outages``, and ``l1_size``."""
+        with self._counts_lock:
+            counts = dict(self._counts)
+        counts["l1_hits"] += self.l1.hits
+        counts["outages"] = self.outage.outages
+        counts["l1_size"] = len(self.l1)
+        return counts
+
+    def close(self) -> None:
+        """Stop the background threads (invalidation listener, lease renewal)."""
+        if self._listener is not None:
+            self._listener.stop()
+        if self._leases is not None:
+            self._leases.close()
+
+    # Internals -------------------------------------------------------------
+    def _remote_begin(self, key: str, flight: Flight, deadline: float, waited: str | None) -> Lookup:
+        store, leases = self._usable_store(), self._leases
+        if store is None or leases is None:
+            return self._turn(key, flight, "", waited)
+        skip_value = False
+        try:
+            while True:
+                turn = leases.begin(key, deadline=deadline, skip_value=skip_value)
+                if turn.waited:
+                    waited = "value"
+                if turn.kind != "hit":
+                    break
+                assert turn.data is not None
+                value = self._decode(key, turn.data, turn.ttl or -1)
+                if value is not MISSING:
+                    self.outage.succeeded()
+                    self._flights.resolve(key, flight, value)
+                    self._count("waits" if turn.waited else "l2_hits")
+                    return Lookup(self, key, found=True, value=value, level="l2", waited=waited)
+                skip_value = True  # undecodable: take the turn to overwrite it
+            self.outage.succeeded()
+        except redis.RedisError as error:
+            self._failed(error)
+            return self._turn(key, flight, "", waited)
+        if turn.kind == "timeout":
+            return self._turn(key, flight, "", "timeout")
+        return self._turn(key, flight, turn.token, None if waited == "value" else waited)
+
+    def _turn(self, key: str, flight: Flight | None, token: str, waited: str | None) -> Lookup:
+        self._count("misses")
+        self._count("computations")
+        return Lookup(self, key, found=False, waited=waited, flight=flight, token=token)
+
+    def _complete(self, key: str, value: Any, ttl: int | None, flight: Flight | None, token: str) -> None:
+        ttl = self.l2_ttl if ttl is None else ttl
+        try:
+            data = self.codec.encode(value)
+        except TypeError:
+            self._abandon(key, flight, token)
+            raise
+        self.l1.set(key, value, ttl)
+        store, leases = self._usable_store(), self._leases
+        if store is not None and leases is not None:
+            self._call(leases.finish, key, token, data, ttl)
+        if flight is not None:
+            self._flights.resolve(key, flight, value)
+
+    def _abandon(self, key: str, flight: Flight | None, token: str) -> None:
+        if token and self._leases is not None and self._usable_store() is not None:
+            self._call(self._leases.finish, key, token, None, None)
+        if flight is not None:
+            self._flights.fail(key, flight)
+
+    def _decode(self, key: str, data: bytes, ttl: int) -> Any:
+        try:
+            value = self.codec.decode(data)
+        except UndecodableValue as error:
+            self._count("errors")
+            logger.warning("Cached value of %r is a miss: %s; it will be overwritten.", key, error)
+            return MISSING
+        self.l1.set(key, value, ttl if ttl > 0 else None)
+        return value
+
+    def _usable_store(self) -> RedisStore | None:
+        """The store, unless Redis failed less than ``retry_interval`` ago."""
+        if self._store is None:
+            return None
+        if self.outage.active and (time.monotonic() - self._last_failure) * 1000 < self.retry_interval:
+            return None
+        assert self._listener is not None
+        self._listener.ensure_started()
+        return self._store
+
+    def _call(self, fn: Callable[..., T], *args: Any) -> T | None:
+        try:
+            result = fn(*args)
+        except redis.RedisError as error:
+            self._failed(error)
+            return None
+        self.outage.succeeded()
+        return result
+
+    def _failed(self, error: redis.RedisError) -> None:
+        self._last_failure = time.monotonic()
+        self._count("errors")
+        self.outage.failed(error)
+
+    def _drop_local(self, keys: list[str]) -> None:
+        for key in keys:
+            self.l1.pop(key)
+
+    def _ttl(self, ttl: int | None) -> int:
+        return self.l2_ttl if ttl is None else require_ms("ttl", ttl, allow_zero=False)
+
+    @staticmethod
+    def _check_key(key: str) -> None:
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"a cache key must be a non-empty str, got {key!r}")
+
+    def _count(self, name: str, n: int = 1) -> None:
+        if n:
+            with self._counts_lock:
+                self._counts[name] += n
+
+    def _after_fork(self) -> None:
+        self.l1.after_fork()
+        self._flights.after_fork()
+        self._counts_lock = threading.Lock()
+        if self._leases is not None:
+            self._leases.after_fork()

@@ -1,0 +1,144 @@
+"""How cached values become bytes in Redis and back.
+
+A stored value is a three-byte header followed by the payload: a magic byte,
+the serializer's tag and the compression's tag.  A reader only decodes what
+its own serializer wrote, so a cache configured for JSON never unpickles a
+value that someone else put in Redis; anything it cannot decode is reported
+as ``UndecodableValue`` and treated as a miss by the cache.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import zlib
+from typing import Any, Protocol
+
+__all__ = [
+    "SERIALIZERS",
+    "Codec",
+    "JSONSerializer",
+    "PickleSerializer",
+    "Serializer",
+    "UndecodableValue",
+    "get_serializer",
+]
+
+_MAGIC = b"T"
+_PLAIN = b"0"
+_ZLIB = b"z"
+
+
+class UndecodableValue(ValueError):
+    """A stored value this cache cannot (or must not) decode."""
+
+
+class Serializer(Protocol):
+    """Turns values into bytes and back.  ``tag`` is one byte naming the format."""
+
+    tag: bytes
+
+    def dumps(self, value: Any) -> bytes: ...
+
+    def loads(self, data: bytes) -> Any: ...
+
+
+class JSONSerializer:
+    """Compact JSON (the default): safe to read from a shared store.
+
+    Tuples come back as lists and dict keys as strings, as with Dramatiq's
+    own JSON encoder, so a cached actor result looks exactly like a result
+    read from Dramatiq's ``Results`` backend.
+    """
+
+    tag = b"j"
+
+    def dumps(self, value: Any) -> bytes:
+        try:
+            return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        except (TypeError, ValueError) as error:
+            raise TypeError(
+                f"value of type {type(value).__name__} cannot be cached as JSON: {error}"
+            ) from None
+
+    def loads(self, data: bytes) -> Any:
+        return json.loads(data)
+
+
+class PickleSerializer:
+    """Pickle, for values JSON cannot hold.  Opt-in: unpickling runs code.
+
+    Use it only when every process that can write to the cache's Redis
+    namespace is trusted.
+    """
+
+    tag = b"p"
+
+    def dumps(self, value: Any) -> bytes:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def loads(self, data: bytes) -> Any:
+        return pickle.loads(data)  # opt-in, documented above
+
+
+#: Serializers by name, for ``MultiLevelCache(serializer="pickle")``.
+SERIALIZERS: dict[str, type[JSONSerializer] | type[PickleSerializer]] = {
+    "json": JSONSerializer,
+    "pickle": PickleSerializer,
+}
+
+
+def get_serializer(value: str | Serializer) -> Serializer:
+    """A serializer by name (``"json"``, ``"pickle"``), or an object with ``tag``, ``dumps`` and ``loads``."""
+    if isinstance(value, str):
+        try:
+            return SERIALIZERS[value]()
+        except KeyError:
+            raise ValueError(f"unknown serializer {value!r}; expected one of {sorted(SERIALIZERS)}") from None
+    if not all(hasattr(value, name) for name in ("tag", "dumps", "loads")) or len(value.tag) != 1:
+        raise ValueError(
+            f"serializer must be a name or have a one-byte 'tag', 'dumps' and 'loads', got {value!r}"
+        )
+    return value
+
+
+class Codec:
+    """A serializer plus compression above a size threshold, behind a header.
+
+    Parameters:
+      serializer(Serializer): The value format.
+      compress_threshold(int): Payloads of at least this many bytes are
+        compressed with zlib (level 1: fast, and JSON shrinks several fold).
+        ``0`` disables compression.
+    """
+
+    def __init__(self, serializer: Serializer, *, compress_threshold: int = 4096) -> None:
+        if (
+            isinstance(compress_threshold, bool)
+            or not isinstance(compress_threshold, int)
+            or compress_threshold < 0
+        ):
+            raise ValueError(f"compress_threshold must be an int of bytes >= 0, got {compress_threshold!r}")
+        self.serializer = serializer
+        self.compress_threshold = compress_threshold
+        self._plain = _MAGIC + serializer.tag + _PLAIN
+        self._zlib = _MAGIC + serializer.tag + _ZLIB
+
+    def encode(self, value: Any) -> bytes:
+        """The stored form of ``value``; ``TypeError`` when the serializer cannot hold it."""
+        payload = self.serializer.dumps(value)
+        if self.compress_threshold and len(payload) >= self.compress_threshold:
+            return self._zlib + zlib.compress(payload, 1)
+        return self._plain + payload
+
+    def decode(self, data: bytes) -> Any:
+        """The value stored as ``data``; ``UndecodableValue`` when it is not ours or is damaged."""
+        header, payload = data[:3], data[3:]
+        try:
+            if header == self._plain:
+                return self.serializer.loads(payload)
+            if header == self._zlib:
+                return self.serializer.loads(zlib.decompress(payload))
+        except Exception as error:
+            raise UndecodableValue(f"damaged cached value ({type(error).__name__}: {error})") from error
+        raise UndecodableValue(f"cached value has header {header!r}, this cache writes {self._plain!r}")

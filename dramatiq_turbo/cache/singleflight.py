@@ -1,0 +1,224 @@
+"""Single-flight: a value missing from the cache is computed once.
+
+Two layers, because most waiters are threads of the same process:
+
+* ``LocalFlights`` - within a process, the first thread to miss a key leads
+  and the others wait on an ``Event`` for its outcome.  They issue no Redis
+  command at all.
+* ``Leases`` - across processes and hosts, the leading thread of each
+  process asks Redis for the key's lease (``SET NX PX`` with a random
+  token, in ``begin.lua``).  The holder computes and renews the lease from a
+  background thread while it does; the others register as waiters and block
+  on the key's wake list with ``BLPOP``, which returns the moment the holder
+  finishes (``finish.lua`` pushes one wake-up per registered waiter) - no
+  polling.  If the holder dies, its lease expires unrenewed; a waiter's
+  ``BLPOP`` never blocks past the lease's remaining time, so one of them
+  takes the lease over.  A waiter stops waiting at its deadline and
+  computes on its own rather than hang.
+
+A failed computation stores nothing: its waiters are woken and try again
+(one of them leads the next attempt), so each caller computes or fails on
+its own and none receives another caller's exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from .store import RedisStore
+
+__all__ = ["Flight", "Leases", "LocalFlights", "RemoteTurn"]
+
+logger = logging.getLogger(__name__)
+
+PENDING, DONE, FAILED = "pending", "done", "failed"
+
+
+class Flight:
+    """One in-process computation of a key that other threads may wait for."""
+
+    __slots__ = ("event", "state", "value")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.state = PENDING
+        self.value: Any = None
+
+    def wait(self, timeout: float) -> str:
+        """Wait up to ``timeout`` seconds; the state then (``PENDING`` means timed out)."""
+        self.event.wait(max(0.0, timeout))
+        return self.state
+
+
+class LocalFlights:
+    """The computations in flight in this process, one per key."""
+
+    def __init__(self) -> None:
+        self._flights: dict[str, Flight] = {}
+        self._lock = threading.Lock()
+
+    def join(self, key: str) -> tuple[Flight, bool]:
+        """The flight of ``key`` and whether the caller leads it (creates it)."""
+        with self._lock:
+            flight = self._flights.get(key)
+            if flight is not None:
+                return flight, False
+            flight = self._flights[key] = Flight()
+            return flight, True
+
+    def resolve(self, key: str, flight: Flight, value: Any) -> None:
+        self._end(key, flight, DONE, value)
+
+    def fail(self, key: str, flight: Flight) -> None:
+        self._end(key, flight, FAILED, None)
+
+    def _end(self, key: str, flight: Flight, state: str, value: Any) -> None:
+        with self._lock:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.value = value
+        flight.state = state
+        flight.event.set()
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def after_fork(self) -> None:
+        # Threads of the parent do not exist here: their flights never end.
+        self._flights = {}
+        self._lock = threading.Lock()
+
+
+@dataclass
+class RemoteTurn:
+    """What ``Leases.begin`` got: a value (``hit``), the lease (``lead``) or nothing (``timeout``)."""
+
+    kind: str
+    data: bytes | None = None
+    ttl: int | None = None
+    token: str = ""
+    waited: bool = False
+
+
+class Leases:
+    """Cross-process single-flight on Redis.
+
+    Parameters:
+      store(RedisStore): Names the keys and holds the client.
+      lease_ttl(int): Milliseconds a lease lives unless renewed; renewed every
+        third of it while its holder computes.  If the holder dies, waiters
+        take over within this time.
+    """
+
+    def __init__(self, store: RedisStore, *, lease_ttl: int = 10_000) -> None:
+        self.store = store
+        self.lease_ttl = lease_ttl
+        self._registration_ttl = max(lease_ttl, 1_000) * 3
+        timeout = store.client.connection_pool.connection_kwargs.get("socket_timeout")
+        # A blocking pop must return before the client's own socket timeout fires.
+        self._max_block = 30.0 if not timeout else max(0.05, float(timeout) - 1.0)
+        self._held: dict[str, str] = {}  # lease key -> token
+        self._held_lock = threading.Lock()
+        self._renewer: threading.Thread | None = None
+        self._renewer_pid = 0
+        self._stop = threading.Event()
+
+    def begin(self, key: str, *, deadline: float, skip_value: bool = False) -> RemoteTurn:
+        """Read ``key``'s value, or take its lease, or wait for its holder until ``deadline`` (monotonic)."""
+        value_key, lease_key, waiters_key, wake_key = self.store.flight_keys(key)
+        token = uuid.uuid4().hex
+        script = self.store.script("begin.lua")
+        waited = False
+        while True:
+            reply = script(
+                keys=[value_key, lease_key, waiters_key],
+                args=[token, self.lease_ttl, self._registration_ttl, "1" if skip_value else "0"],
+                client=self.store.client,
+            )
+            kind = int(reply[0])
+            if kind == 1:
+                return RemoteTurn("hit", data=reply[1], ttl=int(reply[2]), waited=waited)
+            if kind == 2:
+                self._hold(lease_key, token)
+                return RemoteTurn("lead", token=token, waited=waited)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return RemoteTurn("timeout", waited=waited)
+            lease_left = max(int(reply[1]), 0) / 1000
+            # Never past the lease's end: if its holder died, this is when to take over.
+            block = min(lease_left + 0.02, remaining, self._max_block)
+            self.store.client.blpop([wake_key], timeout=max(block, 0.01))
+            waited = True
+            skip_value = False  # whatever woke us, a fresh value may be there now
+
+    def finish(self, key: str, token: str, data: bytes | None, ttl: int | None) -> None:
+        """Store ``data`` (unless ``None``), release the lease if ``token`` holds it, wake the waiters."""
+        keys = self.store.flight_keys(key)
+        lease_key = keys[1]
+        if token:
+            self._release(lease_key)
+        self.store.script("finish.lua")(
+            keys=keys,
+            args=[
+                token,
+                "0" if data is None else "1",
+                b"" if data is None else data,
+                ttl or 0,
+                self.store.channel,
+                self.store.invalidation([key]),
+                self._registration_ttl,
+            ],
+            client=self.store.client,
+        )
+
+    # Lease renewal -------------------------------------------------------
+    def _hold(self, lease_key: str, token: str) -> None:
+        with self._held_lock:
+            self._held[lease_key] = token
+            if self._renewer is None or self._renewer_pid != os.getpid() or not self._renewer.is_alive():
+                self._stop = threading.Event()
+                self._renewer = threading.Thread(
+                    target=self._renew_loop, name="turbo-cache-renew", daemon=True
+                )
+                self._renewer_pid = os.getpid()
+                self._renewer.start()
+
+    def _release(self, lease_key: str) -> None:
+        with self._held_lock:
+            self._held.pop(lease_key, None)
+
+    def held(self) -> int:
+        """How many leases this process holds now."""
+        return len(self._held)
+
+    def _renew_loop(self) -> None:
+        script = self.store.script("renew.lua")
+        stop = self._stop
+        while not stop.wait(self.lease_ttl / 3000):
+            with self._held_lock:
+                held = list(self._held.items())
+            for lease_key, token in held:
+                try:
+                    if not script(keys=[lease_key], args=[token, self.lease_ttl], client=self.store.client):
+                        logger.warning(
+                            "Single-flight lease %s was lost; another process may compute too.", lease_key
+                        )
+                        self._release(lease_key)
+                except redis.RedisError as error:
+                    logger.debug("Could not renew lease %s: %s", lease_key, error)
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def after_fork(self) -> None:
+        self._held = {}
+        self._held_lock = threading.Lock()
+        self._renewer = None

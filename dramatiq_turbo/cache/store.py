@@ -1,0 +1,124 @@
+"""L2: the cache's values in Redis, with TTLs and an invalidation channel.
+
+Each cache key ``k`` owns a few Redis keys that share the hash tag ``{k}``
+(``hash_key``), so the single-flight scripts touch one cluster slot:
+
+``<ns>:{k}``          the encoded value, with its TTL
+``<ns>:{k}:lease``    the single-flight lease (a random token, with a TTL)
+``<ns>:{k}:waiters``  how many waiters from other processes are blocked
+``<ns>:{k}:wake``     the list those waiters block on (``BLPOP``)
+
+Every write and delete publishes the key on ``<ns>:invalidate`` in the same
+round trip, so other processes drop their L1 copy.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.exceptions import NoScriptError
+
+from ..redis import batch_set_arguments, hash_key, load_script
+
+__all__ = ["RedisStore"]
+
+_PACKAGE = "dramatiq_turbo.cache"
+
+
+class RedisStore:
+    """The Redis side of one ``MultiLevelCache``: bytes in, bytes out, one round trip per call.
+
+    Parameters:
+      client(redis.Redis): The client (from ``connect_redis``).
+      namespace(str): The prefix of every key and of the channel.
+    """
+
+    def __init__(self, client: redis.Redis, *, namespace: str) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.channel = f"{namespace}:invalidate"
+        #: Identifies this process's messages on the channel, so it skips its own.
+        self.origin = uuid.uuid4().hex
+        self._scripts: dict[str, Any] = {}
+
+    # Key names -----------------------------------------------------------
+    def value_key(self, key: str) -> str:
+        return hash_key(self.namespace, key)
+
+    def flight_keys(self, key: str) -> list[str]:
+        """Value, lease, waiters and wake keys of ``key``, in the scripts' order."""
+        base = hash_key(self.namespace, key)
+        return [base, f"{base}:lease", f"{base}:waiters", f"{base}:wake"]
+
+    def invalidation(self, keys: Sequence[str]) -> str:
+        return json.dumps({"o": self.origin, "k": list(keys)}, separators=(",", ":"))
+
+    def script(self, filename: str) -> Any:
+        # Kept per store: load_script takes a lock, and this is on every L2 hit.
+        script = self._scripts.get(filename)
+        if script is None:
+            script = self._scripts[filename] = load_script(self.client, _PACKAGE, filename)
+        return script
+
+    # Reads -----------------------------------------------------------------
+    def get(self, key: str) -> tuple[bytes, int] | None:
+        """The stored bytes of ``key`` and their remaining TTL (ms, -1 when none), or ``None``."""
+        script = self.script("get.lua")
+        try:
+            # EVALSHA straight away: this is the path of every L2 hit.
+            reply = self.client.evalsha(script.sha, 1, self.value_key(key))
+        except NoScriptError:
+            reply = script(keys=[self.value_key(key)], client=self.client)
+        if not reply:
+            return None
+        return reply[0], int(reply[1])
+
+    def get_many(self, keys: Sequence[str]) -> list[tuple[bytes, int] | None]:
+        """``get`` for many keys in one round trip: one ``MGET`` and one ``PTTL`` per key."""
+        names = [self.value_key(key) for key in keys]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.mget(names)
+        for name in names:
+            pipe.pttl(name)
+        values, *ttls = pipe.execute()
+        return [None if value is None else (value, int(ttl)) for value, ttl in zip(values, ttls, strict=True)]
+
+    # Writes ----------------------------------------------------------------
+    def set(self, key: str, data: bytes, ttl: int | None) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.set(self.value_key(key), data, px=ttl)
+        pipe.publish(self.channel, self.invalidation([key]))
+        pipe.execute()
+
+    def set_many(self, items: Sequence[tuple[str, bytes, int | None]]) -> None:
+        """Write every item and publish one invalidation: one round trip.
+
+        The values go through ``batch_set``'s script (``EVALSHA``, same
+        arguments), queued in the same pipeline as the ``PUBLISH``.
+        """
+        script = load_script(self.client, "dramatiq_turbo", "batch_set.lua")
+        keys = [self.value_key(key) for key, _, _ in items]
+        args = batch_set_arguments(keys, [data for _, data, _ in items], [ttl for _, _, ttl in items])
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.publish(self.channel, self.invalidation([key for key, _, _ in items]))
+            try:
+                pipe.execute()
+                return
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                # The server lost its scripts (restart, SCRIPT FLUSH): load once, write again.
+                self.client.script_load(script.script)
+
+    def delete(self, keys: Sequence[str]) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(*(self.value_key(key) for key in keys))
+        pipe.publish(self.channel, self.invalidation(keys))
+        deleted, _ = pipe.execute()
+        return int(deleted)
