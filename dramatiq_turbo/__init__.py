@@ -18,6 +18,11 @@ _EXPORTS: dict[str, str] = {
     "connect_redis": "dramatiq_turbo.redis",
     "Deferred": "dramatiq_turbo.defer",
     "DeferralFailed": "dramatiq_turbo.defer",
+    "Telemetry": "dramatiq_turbo.telemetry",
+    "configure_telemetry": "dramatiq_turbo.telemetry",
+    "MetricsCollector": "dramatiq_turbo.telemetry",
+    "step": "dramatiq_turbo.telemetry",
+    "Timer": "dramatiq_turbo.telemetry",
 }
 
 if TYPE_CHECKING:
@@ -25,6 +30,11 @@ if TYPE_CHECKING:
     from .defer import Deferred as Deferred
     from .install import install as install
     from .redis import connect_redis as connect_redis
+    from .telemetry import MetricsCollector as MetricsCollector
+    from .telemetry import Telemetry as Telemetry
+    from .telemetry import Timer as Timer
+    from .telemetry import configure_telemetry as configure_telemetry
+    from .telemetry import step as step
 
 __all__ = ["__version__", *_EXPORTS]
 
