@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from typing import Any
 
@@ -124,7 +125,7 @@ def test_retries_stay_in_the_original_trace(traced: Traced) -> None:
     # Each retry is sent from inside the failed attempt, and the next
     # attempt is that send's child: one unbroken chain.
     sends_by_id = {s.context.span_id: s for s in sends}
-    for failed, next_attempt in zip(processes, processes[1:], strict=False):
+    for failed, next_attempt in itertools.pairwise(processes):
         retry_send = sends_by_id[_parent_id(next_attempt)]  # type: ignore[index]
         assert _parent_id(retry_send) == failed.context.span_id
     assert _parent_id(processes[0]) == original.context.span_id
