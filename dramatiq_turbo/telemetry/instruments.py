@@ -2,14 +2,47 @@
 
 from __future__ import annotations
 
-from opentelemetry.metrics import Counter, Histogram, Meter
+import threading
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 
 from .semconv import DURATION_BUCKETS
 
-__all__ = ["Instruments"]
+__all__ = ["Instruments", "LocalCounter"]
 
 # Queue waits are longer than operations: up to hours for delayed messages.
 _WAIT_BUCKETS = (*DURATION_BUCKETS, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+class LocalCounter:
+    """A monotonic count per attribute set, kept in process and observed at collection.
+
+    The SDK's synchronous ``Counter.add`` validates and hashes its attributes
+    on every call; the per-message counters instead add to a dict entry for
+    an attribute set the middleware built once, and report the totals when
+    the reader collects (an observable counter: the same data, cumulative).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[int, list[Any]] = {}  # id(attributes) -> [attributes, count]
+
+    def add(self, attributes: Mapping[str, Any]) -> None:
+        """Count one for ``attributes`` (a mapping the caller keeps and never mutates)."""
+        key = id(attributes)
+        with self._lock:
+            entry = self._counts.get(key)
+            if entry is None:
+                self._counts[key] = [attributes, 1]
+            else:
+                entry[1] += 1
+
+    def observe(self, options: CallbackOptions) -> Iterable[Observation]:
+        with self._lock:
+            entries = [(attributes, count) for attributes, count in self._counts.values()]
+        return [Observation(count, dict(attributes)) for attributes, count in entries]
 
 
 class Instruments:
@@ -29,13 +62,17 @@ class Instruments:
             description="Duration of messaging operation initiated by a producer or consumer client.",
             explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
-        self.sent: Counter = meter.create_counter(
+        self.sent = LocalCounter()
+        meter.create_observable_counter(
             "messaging.client.sent.messages",
+            callbacks=[self.sent.observe],
             unit="{message}",
             description="Number of messages producer attempted to send to the broker.",
         )
-        self.consumed: Counter = meter.create_counter(
+        self.consumed = LocalCounter()
+        meter.create_observable_counter(
             "messaging.client.consumed.messages",
+            callbacks=[self.consumed.observe],
             unit="{message}",
             description="Number of messages that were delivered to the application.",
         )

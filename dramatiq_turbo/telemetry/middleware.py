@@ -135,6 +135,9 @@ class Telemetry(Middleware):
         self._event_metrics: EventMetrics | None = None
         self._process_attributes: dict[tuple[str, str], dict[str, Any]] = {}
         self._send_attributes: dict[str, dict[str, Any]] = {}
+        # Metric attribute sets are built once and reused: LocalCounter keys
+        # them by identity, and they are never mutated.
+        self._error_attributes: dict[tuple[int, str], dict[str, Any]] = {}
         _instances.add(self)
 
     # -- per-process state -------------------------------------------------
@@ -268,13 +271,21 @@ class Telemetry(Middleware):
     def _end_send(self, send: _Send, *, failed: bool) -> None:
         attributes = send.attributes
         if failed:
-            attributes = {**attributes, sc.ERROR_TYPE: "_OTHER"}
+            attributes = self._with_error(attributes, "_OTHER")
             send.span.set_attribute(sc.ERROR_TYPE, "_OTHER")
             send.span.set_status(Status(StatusCode.ERROR, "enqueue did not complete"))
         send.span.end()
         instruments = self._runtime().instruments
         instruments.operation_duration.record(time.perf_counter() - send.start, attributes)
-        instruments.sent.add(1, attributes)
+        instruments.sent.add(attributes)
+
+    def _with_error(self, attributes: dict[str, Any], error_type: str) -> dict[str, Any]:
+        """``attributes`` plus ``error.type``: one shared dict per pair, as the counters need."""
+        key = (id(attributes), error_type)
+        known = self._error_attributes.get(key)
+        if known is None:
+            known = self._error_attributes[key] = {**attributes, sc.ERROR_TYPE: error_type}
+        return known
 
     # -- consumer ----------------------------------------------------------
 
@@ -365,7 +376,7 @@ class Telemetry(Middleware):
             attributes = delivery.attributes
             if exception is not None:
                 error_type = _error_type(exception)
-                attributes = {**attributes, sc.ERROR_TYPE: error_type}
+                attributes = self._with_error(attributes, error_type)
                 span.set_attribute(sc.ERROR_TYPE, error_type)
                 span.record_exception(exception)
                 span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"[:1024]))
@@ -373,14 +384,14 @@ class Telemetry(Middleware):
                 span.set_attribute(sc.SKIPPED, True)
             span.end()
             instruments = self._runtime().instruments
-            instruments.consumed.add(1, attributes)
+            instruments.consumed.add(attributes)
             if delivery.wait is not None:
                 instruments.queue_wait.record(max(delivery.wait, 0.0), attributes)
             if not skipped:
                 instruments.process_duration.record(elapsed, attributes)
                 if actor is not None:
                     self._collect(actor, elapsed * 1000.0, exception)
-                if self.log_steps and delivery.steps.rows:
+                if self.log_steps and len(delivery.steps):
                     logger.info(
                         "Steps of %s (message %s):\n%s",
                         actor,

@@ -66,6 +66,10 @@ class StepTable:
                 row[0] += ms
                 row[1] += 1
 
+    def __len__(self) -> int:
+        """How many distinct steps ran."""
+        return len(self._rows)
+
     @property
     def rows(self) -> list[tuple[str, float, int]]:
         """``(name, total ms, count)`` per step, in first-run order."""
