@@ -83,9 +83,7 @@ def traced(otel: Otel) -> Iterator[Traced]:
     """A StubBroker with ``Telemetry`` first in its middleware, and a worker factory."""
     broker = StubBroker()
     telemetry = Telemetry(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider)
-    broker.add_middleware(telemetry)
-    broker.middleware.remove(telemetry)
-    broker.middleware.insert(0, telemetry)
+    with_telemetry(broker, telemetry)
     broker.emit_after("process_boot")
     dramatiq.set_broker(broker)
     workers: list[Worker] = []
