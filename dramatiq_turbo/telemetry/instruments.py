@@ -42,7 +42,13 @@ class LocalCounter:
     def observe(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
             entries = [(attributes, count) for attributes, count in self._counts.values()]
-        return [Observation(count, dict(attributes)) for attributes, count in entries]
+        # Equal attribute sets in distinct dicts must be one observation: for
+        # an observable counter, a second one would replace the first.
+        totals: dict[tuple[tuple[str, Any], ...], int] = {}
+        for attributes, count in entries:
+            key = tuple(sorted(attributes.items()))
+            totals[key] = totals.get(key, 0) + count
+        return [Observation(count, dict(key)) for key, count in totals.items()]
 
 
 class Instruments:

@@ -218,12 +218,16 @@ class Telemetry(Middleware):
         parent = self._send_parent(options)
         attributes = self._send_attributes.get(queue)
         if attributes is None:
-            attributes = self._send_attributes[queue] = {
-                sc.SYSTEM: sc.SYSTEM_NAME,
-                sc.DESTINATION: queue,
-                sc.OPERATION_TYPE: "send",
-                sc.OPERATION_NAME: "send",
-            }
+            # setdefault is atomic: racing threads end up sharing one dict.
+            attributes = self._send_attributes.setdefault(
+                queue,
+                {
+                    sc.SYSTEM: sc.SYSTEM_NAME,
+                    sc.DESTINATION: queue,
+                    sc.OPERATION_TYPE: "send",
+                    sc.OPERATION_NAME: "send",
+                },
+            )
         span = runtime.tracer.start_span(
             f"send {queue}",
             context=parent,
@@ -284,7 +288,7 @@ class Telemetry(Middleware):
         key = (id(attributes), error_type)
         known = self._error_attributes.get(key)
         if known is None:
-            known = self._error_attributes[key] = {**attributes, sc.ERROR_TYPE: error_type}
+            known = self._error_attributes.setdefault(key, {**attributes, sc.ERROR_TYPE: error_type})
         return known
 
     # -- consumer ----------------------------------------------------------
@@ -312,13 +316,16 @@ class Telemetry(Middleware):
         key = (queue, message.actor_name)
         attributes = self._process_attributes.get(key)
         if attributes is None:
-            attributes = self._process_attributes[key] = {
-                sc.SYSTEM: sc.SYSTEM_NAME,
-                sc.DESTINATION: queue,
-                sc.OPERATION_TYPE: "process",
-                sc.OPERATION_NAME: "process",
-                sc.ACTOR: message.actor_name,
-            }
+            attributes = self._process_attributes.setdefault(
+                key,
+                {
+                    sc.SYSTEM: sc.SYSTEM_NAME,
+                    sc.DESTINATION: queue,
+                    sc.OPERATION_TYPE: "process",
+                    sc.OPERATION_NAME: "process",
+                    sc.ACTOR: message.actor_name,
+                },
+            )
         span = runtime.tracer.start_span(
             f"process {queue}",
             context=parent,

@@ -176,3 +176,15 @@ def test_collectors_are_not_logged_by_default(traced: Traced, caplog: pytest.Log
     traced.broker.join(quiet.queue_name)
     assert traced.telemetry.collectors["quiet"].snapshot().processed == 1
     assert not [r for r in caplog.records if "Processed:" in r.getMessage()]
+
+
+def test_local_counter_reports_equal_attribute_sets_once() -> None:
+    from dramatiq_turbo.telemetry.instruments import LocalCounter
+
+    counter = LocalCounter()
+    first, twin = {"q": "a"}, {"q": "a"}
+    other = {"q": "b"}
+    for attributes in (first, twin, twin, other):
+        counter.add(attributes)
+    observed = {tuple(o.attributes.items()): o.value for o in counter.observe(None)}  # type: ignore[arg-type]
+    assert observed == {(("q", "a"),): 3, (("q", "b"),): 1}
