@@ -11,12 +11,12 @@ from opentelemetry.trace import StatusCode
 
 from dramatiq_turbo.telemetry import Telemetry
 from dramatiq_turbo.telemetry.semconv import RETRIES
+from tests.harness import unique, wait_for
 
 from .conftest import Otel, with_telemetry
 
-pytestmark = pytest.mark.integration
 
-
+@pytest.mark.integration
 def test_retries_on_redis_stay_in_one_trace_and_count_one_send_each(
     otel: Otel, make_broker: Callable[..., dramatiq.Broker]
 ) -> None:
@@ -50,3 +50,34 @@ def test_retries_on_redis_stay_in_one_trace_and_count_one_send_each(
     assert {dict(s.attributes or {})["messaging.message.id"] for s in sends} == {message.message_id}
     assert otel.total("messaging.client.sent.messages") == 3
     assert otel.total("messaging.client.consumed.messages") == 3
+
+
+def test_every_broker_carries_the_context_from_send_to_process(
+    otel: Otel, broker_kind: str, make_broker: Callable[..., dramatiq.Broker]
+) -> None:
+    broker = with_telemetry(
+        make_broker(broker_kind),
+        Telemetry(tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider),
+    )
+    queue = unique("tq")
+
+    @dramatiq.actor(broker=broker, queue_name=queue, max_retries=0)
+    def maybe(fail: bool) -> None:
+        if fail:
+            raise LookupError("no such page")
+
+    worker = Worker(broker, worker_threads=2, worker_timeout=50)
+    worker.start()
+    try:
+        sent = {maybe.send(False).message_id: False, maybe.send(True).message_id: True}
+        wait_for(lambda: len(otel.spans(f"process {queue}")) == 2, timeout=20, what="both deliveries")
+    finally:
+        worker.stop()
+
+    sends = {dict(s.attributes or {})["messaging.message.id"]: s for s in otel.spans(f"send {queue}")}
+    for span in otel.spans(f"process {queue}"):
+        message_id = dict(span.attributes or {})["messaging.message.id"]
+        assert span.parent is not None and span.parent.span_id == sends[message_id].context.span_id
+        assert span.context.trace_id == sends[message_id].context.trace_id
+        expected = StatusCode.ERROR if sent[message_id] else StatusCode.UNSET
+        assert span.status.status_code == expected
