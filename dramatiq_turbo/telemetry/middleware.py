@@ -280,7 +280,8 @@ class Telemetry(Middleware):
             send.span.set_status(Status(StatusCode.ERROR, "enqueue did not complete"))
         send.span.end()
         instruments = self._runtime().instruments
-        instruments.operation_duration.record(time.perf_counter() - send.start, attributes)
+        if not failed:  # a failed send's duration is unknown: it is noticed later
+            instruments.operation_duration.record(time.perf_counter() - send.start, attributes)
         instruments.sent.add(attributes)
 
     def _with_error(self, attributes: dict[str, Any], error_type: str) -> dict[str, Any]:

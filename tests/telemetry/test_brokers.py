@@ -1,4 +1,4 @@
-"""The same guarantees on a real RedisBroker, whose delay queue re-enqueues due messages."""
+"""Telemetry on real brokers: retries through the Redis delay queue, and context on every broker kind."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import dramatiq
 import pytest
-from dramatiq.middleware import AsyncIO, Middleware, SkipMessage
+from dramatiq.middleware import AsyncIO, Middleware, MiddlewareError, SkipMessage
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import NoOpTracerProvider, SpanKind, StatusCode
@@ -335,3 +335,26 @@ def test_telemetry_accepts_only_keyword_arguments(use_links: bool) -> None:
         Telemetry(None)  # type: ignore[misc]
     with pytest.raises(ValueError, match="log_interval"):
         Telemetry(log_interval=1.5, use_links=use_links)  # type: ignore[arg-type]
+
+
+def test_an_enqueue_that_raises_ends_its_send_span_as_an_error(traced: Traced) -> None:
+    class RefuseFirst(Middleware):
+        refused = False
+
+        def before_enqueue(self, broker: dramatiq.Broker, message: Any, delay: Any) -> None:
+            if not self.refused:
+                self.refused = True
+                raise MiddlewareError("broker refused")
+
+    traced.broker.add_middleware(RefuseFirst())
+
+    @dramatiq.actor
+    def job() -> None:
+        pass
+
+    with pytest.raises(MiddlewareError):
+        job.send()
+    job.send()
+    sends = sorted(traced.otel.spans(f"send {job.queue_name}"), key=lambda s: s.start_time or 0)
+    assert [s.status.status_code for s in sends] == [StatusCode.ERROR, StatusCode.UNSET]
+    assert dict(sends[0].attributes or {})["error.type"] == "_OTHER"
