@@ -39,6 +39,11 @@ class LocalCounter:
             else:
                 entry[1] += 1
 
+    def reset(self) -> None:
+        """Forget every count (in a forked child, the parent's are not ours)."""
+        with self._lock:
+            self._counts.clear()
+
     def observe(self, options: CallbackOptions) -> Iterable[Observation]:
         with self._lock:
             entries = [(attributes, count) for attributes, count in self._counts.values()]

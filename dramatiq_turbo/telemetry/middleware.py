@@ -40,8 +40,11 @@ _FLUSH_TIMEOUT = 5_000
 class _Runtime:
     """The tracer and instruments of one process (rebuilt after a fork)."""
 
-    def __init__(self, tracer: Tracer, instruments: Instruments, generation: int) -> None:
+    def __init__(
+        self, tracer: Tracer, meter_provider: MeterProvider, instruments: Instruments, generation: int
+    ) -> None:
         self.tracer = tracer
+        self.meter_provider = meter_provider
         self.instruments = instruments
         self.generation = generation
 
@@ -167,10 +170,20 @@ class Telemetry(Middleware):
         from .. import __version__
 
         tracer_provider, meter_provider = self._providers()
-        meter = meter_provider.get_meter(_SCOPE, __version__)
-        self._event_metrics = EventMetrics(meter, self._current_labels)
+        previous = self._runtime_cache
+        if previous is not None and previous.meter_provider is meter_provider:
+            # A fork with providers that were not rebuilt for it (passed in,
+            # or set globally by hand): keep the instruments, which the meter
+            # already knows, but do not count the parent's messages again.
+            instruments = previous.instruments
+            instruments.sent.reset()
+            instruments.consumed.reset()
+        else:
+            meter = meter_provider.get_meter(_SCOPE, __version__)
+            instruments = Instruments(meter)
+            self._event_metrics = EventMetrics(meter, self._current_labels)
         return _Runtime(
-            tracer_provider.get_tracer(_SCOPE, __version__), Instruments(meter), fork_generation()
+            tracer_provider.get_tracer(_SCOPE, __version__), meter_provider, instruments, fork_generation()
         )
 
     def _flush(self) -> None:

@@ -251,7 +251,11 @@ def configure_telemetry(service_name: str, *, endpoint: str | None = None) -> Te
             f"endpoint must be an http(s):// URL such as 'http://collector:4318', got {endpoint!r}"
         )
     setup = TelemetrySetup(service_name, endpoint=endpoint)
-    _setup = setup
+    previous, _setup = _setup, setup
+    if previous is not None:
+        # Called again: the new configuration replaces the old one, whose
+        # providers (if built in this process) are flushed and stopped.
+        previous.shutdown()
     if not _globals_installed:
         _globals_installed = True
         # set_*_provider refuses to replace a provider someone already set:

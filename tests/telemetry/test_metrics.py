@@ -188,3 +188,37 @@ def test_local_counter_reports_equal_attribute_sets_once() -> None:
         counter.add(attributes)
     observed = {tuple(o.attributes.items()): o.value for o in counter.observe(None)}  # type: ignore[arg-type]
     assert observed == {(("q", "a"),): 3, (("q", "b"),): 1}
+
+
+def test_a_forked_child_does_not_count_its_parents_messages_again(traced: Traced) -> None:
+    import os
+
+    from dramatiq.broker import MessageProxy
+
+    telemetry, broker, otel = traced.telemetry, traced.broker, traced.otel
+
+    def one_message() -> None:
+        message = dramatiq.Message(queue_name="forked", actor_name="job", args=(), kwargs={}, options={})
+        telemetry.before_enqueue(broker, message, None)
+        telemetry.after_enqueue(broker, message, None)
+        proxy = MessageProxy(message)
+        telemetry.before_process_message(broker, proxy)
+        telemetry.after_process_message(broker, proxy, result=None)
+
+    for _ in range(3):
+        one_message()
+    assert otel.total("messaging.client.consumed.messages") == 3
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report what it would export, then leave at once
+        try:
+            telemetry.after_process_boot(broker)
+            one_message()
+            os.write(write, str(otel.total("messaging.client.consumed.messages")).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    reported = os.read(read, 100).decode()
+    os.waitpid(pid, 0)
+    assert float(reported) == 1
+    assert otel.total("messaging.client.consumed.messages") == 3
