@@ -28,7 +28,9 @@ store = redis.Redis.from_url(REDIS_URL)
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
 def traced_job(number: int, fail: bool = False) -> None:
     with step("compute"):
-        time.sleep(0.02)
+        # Long enough that one process cannot drain the queue before the
+        # other's idle poll (backing off up to 1 s) comes back.
+        time.sleep(0.08)
     store.rpush(f"{NAMESPACE}:done", number)
     if fail:
         raise RuntimeError(f"job {number} failed on purpose")
