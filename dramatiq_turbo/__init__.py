@@ -29,6 +29,11 @@ _EXPORTS: dict[str, str] = {
     "content_hash": "dramatiq_turbo.cache",
     "RateLimiter": "dramatiq_turbo.ratelimit",
     "presets": "dramatiq_turbo.presets",  # a public module
+    "Telemetry": "dramatiq_turbo.telemetry",
+    "configure_telemetry": "dramatiq_turbo.telemetry",
+    "MetricsCollector": "dramatiq_turbo.telemetry",
+    "step": "dramatiq_turbo.telemetry",
+    "Timer": "dramatiq_turbo.telemetry",
 }
 
 if TYPE_CHECKING:
@@ -42,6 +47,11 @@ if TYPE_CHECKING:
     from .redis import batch_get as batch_get
     from .redis import batch_set as batch_set
     from .redis import connect_redis as connect_redis
+    from .telemetry import MetricsCollector as MetricsCollector
+    from .telemetry import Telemetry as Telemetry
+    from .telemetry import Timer as Timer
+    from .telemetry import configure_telemetry as configure_telemetry
+    from .telemetry import step as step
 
 __all__ = ["__version__", "install", *_EXPORTS]
 

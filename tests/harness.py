@@ -241,7 +241,9 @@ class WorkerProcesses:
         """Stop every command: SIGTERM for a clean shutdown, SIGKILL if it hangs."""
         for proc in self.popen:
             if proc.poll() is None:
-                self.kill(proc, signal.SIGTERM)
+                # Only the main process: it forwards SIGTERM to its workers,
+                # and a second SIGTERM would cut their graceful shutdown short.
+                proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
         for proc in self.popen:
             try:
