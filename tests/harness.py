@@ -32,6 +32,9 @@ RABBITMQ_URL = os.environ.get("TURBO_TEST_RABBITMQ_URL", "amqp://guest:guest@127
 
 BROKER_KINDS = ("stub", "redis", "rabbitmq")
 
+#: Where child processes find the test services, whether or not this process got them from its environment.
+SERVICE_ENV = {"TURBO_TEST_REDIS_URL": REDIS_URL, "TURBO_TEST_RABBITMQ_URL": RABBITMQ_URL}
+
 
 def probe_redis(url: str = REDIS_URL) -> str | None:
     """``None`` when Redis answers at ``url``, else why not."""
@@ -201,7 +204,7 @@ class WorkerProcesses:
                         str(self.threads),
                     ],
                     cwd=ROOT,
-                    env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)},
+                    env={**os.environ, **SERVICE_ENV, **self.env, "PYTHONPATH": str(ROOT)},
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     # Its own process group, so the whole tree can be killed at once.

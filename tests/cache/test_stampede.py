@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.multiprocess, pytest.mark.slo
 
 
 def _spawn(ns: str, count: int, **settings: str) -> list[subprocess.Popen[bytes]]:
-    env = {**os.environ, "PYTHONPATH": str(harness.ROOT), "CACHE_NS": ns, **settings}
+    env = {**os.environ, **harness.SERVICE_ENV, "PYTHONPATH": str(harness.ROOT), "CACHE_NS": ns, **settings}
     return [
         subprocess.Popen([sys.executable, "-m", "tests.apps.cache_caller"], cwd=harness.ROOT, env=env)
         for _ in range(count)
