@@ -18,9 +18,17 @@ _EXPORTS: dict[str, str] = {
     "connect_redis": "dramatiq_turbo.redis",
     "Deferred": "dramatiq_turbo.defer",
     "DeferralFailed": "dramatiq_turbo.defer",
+    "CircuitBreaker": "dramatiq_turbo.breaker",
+    "CircuitOpenError": "dramatiq_turbo.breaker",
+    "breaker": "dramatiq_turbo.breaker",
+    "Backoff": "dramatiq_turbo.backoff",
 }
 
 if TYPE_CHECKING:
+    from .backoff import Backoff as Backoff
+    from .breaker import CircuitBreaker as CircuitBreaker
+    from .breaker import CircuitOpenError as CircuitOpenError
+    from .breaker import breaker as breaker
     from .defer import DeferralFailed as DeferralFailed
     from .defer import Deferred as Deferred
     from .install import install as install
