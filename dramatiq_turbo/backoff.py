@@ -35,7 +35,7 @@ from dramatiq.errors import ActorNotFound, Retry
 from dramatiq.middleware import Middleware
 
 from .events import record
-from .options import require_ms
+from .options import OptionError, require_ms
 
 __all__ = [
     "DEFAULT_MAX_BACKOFF",
@@ -279,14 +279,21 @@ class Backoff(Middleware):
             "backoff",
         }
 
-    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+    def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         # Report a bad option when the actor is declared, not at its first failure.
         options = actor.options
-        for name in ("min_backoff", "max_backoff"):
-            if name in options:
-                require_ms(f"{actor.actor_name}: {name}", options[name])
-        if "jitter" in options:
-            _jitter_strategy(options["jitter"])
+        try:
+            for name in ("min_backoff", "max_backoff"):
+                if name in options:
+                    require_ms(name, options[name])
+            if "jitter" in options:
+                _jitter_strategy(options["jitter"])
+            if options.get("backoff") is not None and not callable(options["backoff"]):
+                raise ValueError(
+                    f"backoff must be a callable (retries, exception) -> ms, got {options['backoff']!r}"
+                )
+        except ValueError as error:
+            raise OptionError(f"actor {actor.actor_name!r}: {error}") from None
 
     def after_process_message(
         self,

@@ -13,7 +13,7 @@ from dramatiq.middleware import Middleware
 
 from ..defer import defer
 from ..marks import is_cache_hit
-from ..options import get_option, require_ms
+from ..options import OptionError, get_option, require_ms
 from ..outage import Outage
 from ..redis import RedisLike, resolve_redis
 from .core import Admission, Breaker, CircuitOpenError, set_default
@@ -144,10 +144,14 @@ class CircuitBreaker(Middleware):
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         set_default(self)
 
-    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+    def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         option = actor.options.get("breaker")
-        if option is not None and not isinstance(option, bool | str):
-            raise ValueError(f"{actor.actor_name}: breaker must be a dependency name or True, got {option!r}")
+        if option is not None and (not isinstance(option, bool | str) or option == ""):
+            raise OptionError(
+                f"actor {actor.actor_name!r}: breaker must be a dependency name or True, got {option!r}"
+            )
+
+    def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         if getattr(actor.fn, _WRAPPED, False):
             return
         actor.fn = self._wrap(broker, actor.fn)
