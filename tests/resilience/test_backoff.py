@@ -35,7 +35,9 @@ N = 20_000
 
 def _samples(jitter, retries, *, base=1_000, cap=60_000, seed=7):
     rng = random.Random(seed)
-    return [compute_delay(retries, min_backoff=base, max_backoff=cap, jitter=jitter, rng=rng) for _ in range(N)]
+    return [
+        compute_delay(retries, min_backoff=base, max_backoff=cap, jitter=jitter, rng=rng) for _ in range(N)
+    ]
 
 
 def test_full_jitter_is_uniform_over_the_whole_exponential_window():
@@ -59,14 +61,18 @@ def test_equal_jitter_keeps_at_least_half_of_the_window():
 def test_decorrelated_jitter_grows_from_the_previous_delay_and_respects_the_cap():
     rng = random.Random(11)
     samples = [
-        compute_delay(0, min_backoff=1_000, max_backoff=60_000, jitter="decorrelated", previous=5_000, rng=rng)
+        compute_delay(
+            0, min_backoff=1_000, max_backoff=60_000, jitter="decorrelated", previous=5_000, rng=rng
+        )
         for _ in range(N)
     ]
     # U(base, 3 * previous) = U(1000, 15000)
     assert min(samples) >= 1_000 and max(samples) <= 15_000
     assert statistics.mean(samples) == pytest.approx(8_000, rel=0.02)
     capped = [
-        compute_delay(0, min_backoff=1_000, max_backoff=20_000, jitter="decorrelated", previous=50_000, rng=rng)
+        compute_delay(
+            0, min_backoff=1_000, max_backoff=20_000, jitter="decorrelated", previous=50_000, rng=rng
+        )
         for _ in range(2_000)
     ]
     assert max(capped) == 20_000 and min(capped) >= 1_000
@@ -114,7 +120,15 @@ def test_classification_of_exceptions():
     flagged = ValueError("bad input")
     flagged.retryable = False  # type: ignore[attr-defined]
     assert is_retryable(flagged) == (False, "ValueError is not retryable")
-    for status, expected in ((400, False), (404, False), (422, False), (408, True), (429, True), (500, True), (503, True)):
+    for status, expected in (
+        (400, False),
+        (404, False),
+        (422, False),
+        (408, True),
+        (429, True),
+        (500, True),
+        (503, True),
+    ):
         assert is_retryable(_http_error(status))[0] is expected, status
     assert retry_hint(_http_error(429, "7")) == 7_000
     assert retry_hint(_http_error(503, "2")) == 2_000
