@@ -253,7 +253,7 @@ def test_non_retryable_errors_fail_at_once_with_the_reason_and_exhaustion_notifi
     bad_input.send_with_options(args=("transient",), max_retries=2, on_retry_exhausted="notify")
     _run(broker, bad_input)
     assert runs == Counter({"flag": 1, "http": 1, "throws": 1, "transient": 3})
-    reasons = {tuple(m.args)[0]: m.options[FAILURE_OPTION] for m in broker.dead_letters}
+    reasons = {m.args[0]: m.options[FAILURE_OPTION] for m in broker.dead_letters}
     assert reasons["flag"] == {
         "reason": "ValueError is not retryable",
         "error": "ValueError",
