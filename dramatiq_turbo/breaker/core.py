@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar
@@ -274,6 +275,14 @@ class breaker:
     up when the block is entered, in the ``CircuitBreaker`` middleware created
     last (a per-process breaker with defaults when there is none).
 
+    Inside a call already guarded by the same breaker (an actor with
+    ``breaker="llm"`` that also uses ``breaker("llm")``) the block is part of
+    that call: it takes no second admission, which would compete with its own
+    outer call for the single trial permit when half-open.
+
+    Admissions are kept in a context variable, so one ``breaker`` object may
+    be used by many threads and asyncio tasks at once.
+
     Parameters:
       name(str): The dependency's name, as in the actor option ``breaker="llm"``.
     """
@@ -282,15 +291,13 @@ class breaker:
         if not isinstance(name, str) or not name:
             raise ValueError(f"breaker() needs a dependency name, got {name!r}")
         self.name = name
-        self._local = threading.local()
 
     def __enter__(self) -> Breaker:
         found = get_breaker(self.name)
-        admission = found.acquire()
-        stack = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        stack.append(admission)
+        held = _held.get()
+        nested = any(admission is not None and admission.breaker is found for _, admission in held)
+        admission = None if nested else found.acquire()
+        _held.set((*held, (self, admission)))
         return found
 
     def __exit__(
@@ -299,9 +306,10 @@ class breaker:
         error: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        admission: Admission = self._local.stack.pop()
-        # A refusal from a breaker nested inside says nothing about this one.
-        admission.breaker.record(admission, error, ignore=isinstance(error, CircuitOpenError))
+        admission = pop_held(self)
+        if admission is not None:
+            # A refusal from a breaker nested inside says nothing about this one.
+            admission.breaker.record(admission, error, ignore=isinstance(error, CircuitOpenError))
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         @functools.wraps(fn)
@@ -310,3 +318,22 @@ class breaker:
                 return fn(*args, **kwargs)
 
         return guarded
+
+
+#: The admissions of the calls the current thread or task is inside, innermost last.
+_held: ContextVar[tuple[tuple[object, Admission | None], ...]] = ContextVar("turbo_breaker_held", default=())
+
+
+def push_held(owner: object, admission: Admission) -> None:
+    """Note that the current context is inside ``admission``'s call (``owner`` pops it)."""
+    _held.set((*_held.get(), (owner, admission)))
+
+
+def pop_held(owner: object) -> Admission | None:
+    """Forget ``owner``'s innermost admission and return it."""
+    held = _held.get()
+    for index in range(len(held) - 1, -1, -1):
+        if held[index][0] is owner:
+            _held.set(held[:index] + held[index + 1 :])
+            return held[index][1]
+    return None

@@ -16,7 +16,7 @@ from ..marks import is_cache_hit
 from ..options import OptionError, get_option, require_ms
 from ..outage import Outage
 from ..redis import RedisLike, resolve_redis
-from .core import Admission, Breaker, CircuitOpenError, set_default
+from .core import Admission, Breaker, CircuitOpenError, pop_held, push_held, set_default
 from .store import RedisStore, Settings
 
 __all__ = ["CircuitBreaker"]
@@ -181,7 +181,8 @@ class CircuitBreaker(Middleware):
 
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._current.message = message
-        if is_cache_hit(message):
+        # A message failed by an earlier hook (AgeLimit) will not run: it must not take a trial permit.
+        if is_cache_hit(message) or message.failed:
             return
         name = self._name(broker, message)
         if name is None:
@@ -194,6 +195,7 @@ class CircuitBreaker(Middleware):
                 broker, message, delay=error.retry_after, reason="circuit_open", jitter=self._jitter_for(name)
             )
         setattr(message, _ADMISSION, admission)
+        push_held(message, admission)
 
     def after_process_message(
         self,
@@ -208,7 +210,10 @@ class CircuitBreaker(Middleware):
         if admission is None:
             return
         setattr(message, _ADMISSION, None)
-        admission.breaker.record(admission, exception, ignore=isinstance(exception, CircuitOpenError))
+        pop_held(message)
+        # No exception from a message that was failed before the actor ran is no success of the dependency.
+        ignore = isinstance(exception, CircuitOpenError) or (exception is None and message.failed)
+        admission.breaker.record(admission, exception, ignore=ignore)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
         self._current.message = None
@@ -216,6 +221,7 @@ class CircuitBreaker(Middleware):
         if admission is None:
             return
         setattr(message, _ADMISSION, None)
+        pop_held(message)
         admission.breaker.release(admission)
 
     # -- helpers ------------------------------------------------------------

@@ -6,6 +6,7 @@ import threading
 import time
 
 import dramatiq
+import pybreaker
 import pytest
 from dramatiq.middleware import CurrentMessage, Middleware
 from dramatiq.results import Results
@@ -123,3 +124,92 @@ def test_breaker_option_is_validated_at_declaration(make_broker):
         @dramatiq.actor(breaker=3)
         def bad():
             pass
+
+
+def test_breaker_inside_an_actor_guarded_by_the_same_breaker_is_one_trial(make_broker, start_worker):
+    broker, backend, middleware = _setup(make_broker, fail_max=1, reset_timeout=200, jitter=20)
+    queue = unique("brk")
+
+    @dramatiq.actor(queue_name=queue, breaker="llm", store_results=True, max_retries=0)
+    def nested(x):
+        with breaker("llm"):  # part of the actor's own guarded call
+            return x + 1
+
+    with pytest.raises(ConnectionError), breaker("llm"):
+        raise ConnectionError("down")
+    assert middleware.get("llm").state == "open"
+    message = nested.send(1)
+    start_worker(broker)
+    # Half-open has one trial permit: a second admission for the inner block would defer it forever.
+    assert message.get_result(backend=backend, block=True, timeout=5_000) == 2
+    assert middleware.get("llm").state == "closed"
+
+
+def test_one_breaker_object_shared_by_concurrent_asyncio_tasks():
+    import asyncio
+
+    outcomes_seen = []
+
+    class Listener(pybreaker.CircuitBreakerListener):
+        def success(self, cb):
+            outcomes_seen.append("success")
+
+        def failure(self, cb, exc):
+            outcomes_seen.append(f"failure {exc}")
+
+    middleware = CircuitBreaker(fail_max=100, listeners=[Listener()])
+    guard = breaker("shared")
+
+    async def call(i):
+        with guard:
+            await asyncio.sleep(0.01 * (5 - i))  # exits in the reverse order of entry
+            if i % 2:
+                raise ConnectionError(i)
+        return i
+
+    async def main():
+        return await asyncio.gather(*(call(i) for i in range(5)), return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert [o if isinstance(o, int) else "error" for o in outcomes] == [0, "error", 2, "error", 4]
+    # Each task's exit reports its own call, in the order they ended.
+    assert outcomes_seen == ["success", "failure 3", "success", "failure 1", "success"]
+    assert middleware.get("shared").state == "closed"
+
+
+def test_install_adds_the_breaker_and_backoff_in_their_slots(make_broker):
+    from dramatiq.middleware import Retries
+
+    broker = make_broker("stub")
+    install(broker, cache=False, rate_limit=False, telemetry=False)
+    kinds = [type(m) for m in broker.middleware]
+    assert CircuitBreaker in kinds and Backoff in kinds and Retries not in kinds
+    assert kinds.index(CircuitBreaker) == len(kinds) - 1, "the breaker is asked last, just before the actor"
+
+
+def test_a_message_failed_before_the_actor_runs_does_not_use_a_trial(make_broker, start_worker):
+    broker, _, middleware = _setup(make_broker, fail_max=1, reset_timeout=150, jitter=10)
+    queue = unique("brk")
+    ran = []
+
+    class FailSome(Middleware):
+        def before_process_message(self, broker, message):
+            if message.args == ("expired",):
+                message.fail()
+
+    broker.add_middleware(FailSome(), before=CircuitBreaker)
+
+    @dramatiq.actor(queue_name=queue, breaker="svc", max_retries=0)
+    def work(what):
+        ran.append(what)
+        if what == "bad":
+            raise ConnectionError("down")
+
+    start_worker(broker)
+    work.send("bad")
+    wait_for(lambda: middleware.get("svc").state == "open", timeout=5, what="trip")
+    time.sleep(0.2)  # the open period is over: the next admission is the trial
+    work.send("expired")
+    broker.join(queue, timeout=5_000, fail_fast=False)
+    assert ran == ["bad"]
+    assert middleware.get("svc").state != "closed", "a message that never ran must not close the breaker"
