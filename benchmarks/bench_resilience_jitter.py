@@ -8,7 +8,8 @@ N jobs start at once and contend for one resource that serves one call per
 delay ``Backoff`` computes (``compute_delay``, the same code the middleware
 runs) and tries again.  The simulation runs in virtual time with a fixed seed,
 so it is fast and repeatable; no Redis is used.  The baseline is plain
-exponential backoff (``jitter=None``).
+exponential backoff (``jitter=None``); Dramatiq's own ``Retries`` formula is
+shown for comparison.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from dramatiq_turbo.backoff import compute_delay
 
 SERVICE = 10  # ms a call holds the resource
 BASE, CAP = 10, 10_000  # ms
-MODES = [None, "equal", "full", "decorrelated"]
+MODES: list[str | None] = [None, "dramatiq", "equal", "full", "decorrelated"]
+
+
+def delay_for(mode: str | None, retries: int, previous: int, rng: random.Random) -> int:
+    if mode == "dramatiq":
+        # Dramatiq's Retries: min_backoff * 2^n * U(1, 2), past the cap max_backoff * U(0.5, 1).
+        backoff = BASE * 2**retries * (1 + rng.random())
+        return int(backoff if backoff <= CAP else CAP * (0.5 + rng.random() / 2))
+    return compute_delay(retries, min_backoff=BASE, max_backoff=CAP, jitter=mode, previous=previous, rng=rng)
 
 
 def simulate(jobs: int, jitter: str | None, seed: int) -> tuple[int, int]:
@@ -39,9 +48,7 @@ def simulate(jobs: int, jitter: str | None, seed: int) -> tuple[int, int]:
         at, job, retries, previous = heapq.heappop(pending)
         calls += 1
         if at < busy_until:  # another job's write is in progress: conflict, back off
-            delay = compute_delay(
-                retries, min_backoff=BASE, max_backoff=CAP, jitter=jitter, previous=previous, rng=rng
-            )
+            delay = delay_for(jitter, retries, previous, rng)
             heapq.heappush(pending, (at + delay, job, retries + 1, delay))
         else:
             busy_until = at + SERVICE
