@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import types
 
-from .core import Breaker, CircuitOpenError, breaker, get_breaker
+from .core import Admission, Breaker, CircuitOpenError, breaker, current_admission, get_breaker
 from .middleware import CircuitBreaker
 from .store import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, BreakerStore, MemoryStore, RedisStore, Settings
 
@@ -18,6 +18,7 @@ __all__ = [
     "STATE_CLOSED",
     "STATE_HALF_OPEN",
     "STATE_OPEN",
+    "Admission",
     "Breaker",
     "BreakerStore",
     "CircuitBreaker",
@@ -26,6 +27,7 @@ __all__ = [
     "RedisStore",
     "Settings",
     "breaker",
+    "current_admission",
     "get_breaker",
 ]
 

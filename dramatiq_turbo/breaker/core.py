@@ -20,7 +20,7 @@ from ..events import record
 from ..outage import Outage
 from .store import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, BreakerStore, MemoryStore, Reply, Settings
 
-__all__ = ["Admission", "Breaker", "CircuitOpenError", "breaker"]
+__all__ = ["Admission", "Breaker", "CircuitOpenError", "breaker", "current_admission"]
 
 logger = logging.getLogger("dramatiq_turbo.breaker")
 
@@ -52,7 +52,11 @@ class CircuitOpenError(pybreaker.CircuitBreakerError):
 
 @dataclass(frozen=True)
 class Admission:
-    """Permission for one call: report its outcome with ``Breaker.record``."""
+    """Permission for one call: report its outcome with ``Breaker.record``.
+
+    ``state`` is the state the call was admitted in (``"half-open"`` for a
+    trial call) and ``generation`` the breaker's period that admitted it.
+    """
 
     breaker: Breaker
     generation: int
@@ -327,6 +331,19 @@ _held: ContextVar[tuple[tuple[object, Admission | None], ...]] = ContextVar("tur
 def push_held(owner: object, admission: Admission) -> None:
     """Note that the current context is inside ``admission``'s call (``owner`` pops it)."""
     _held.set((*_held.get(), (owner, admission)))
+
+
+def current_admission() -> Admission | None:
+    """The admission of the innermost breaker-guarded call the current thread or task is in.
+
+    Its ``state`` says whether the call is a trial (``"half-open"``) and its
+    ``generation`` which period of the breaker admitted it; ``None`` outside
+    any guarded call.
+    """
+    for _, admission in reversed(_held.get()):
+        if admission is not None:
+            return admission
+    return None
 
 
 def pop_held(owner: object) -> Admission | None:

@@ -18,6 +18,7 @@ from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
 from dramatiq_turbo import Backoff, CircuitBreaker, events, install
+from dramatiq_turbo.breaker import current_admission
 from dramatiq_turbo.defer import deferral_count
 
 REDIS_URL = os.environ["TURBO_TEST_REDIS_URL"]
@@ -82,9 +83,11 @@ class NotRetryable(Exception):
 
 
 def dependency(x: int) -> int:
-    """The external service: logs every call it receives."""
+    """The external service: logs every call it receives, with the breaker state that admitted it."""
     mode = (store.get(f"{NAMESPACE}:mode") or b"ok").decode()
-    store.rpush(f"{NAMESPACE}:calls", json.dumps([_now_ms(), x, mode]))
+    admission = current_admission()
+    admitted_in = None if admission is None else [admission.state, admission.generation]
+    store.rpush(f"{NAMESPACE}:calls", json.dumps([_now_ms(), x, mode, admitted_in, os.getpid()]))
     if mode == "fail":
         raise ConnectionError("dependency is down")
     if mode == "flap":

@@ -112,9 +112,13 @@ def test_failing_dependency_trips_once_for_all_processes_and_every_message_compl
     # While open the dependency receives no calls (calls already in flight at the trip may land just after).
     during_open = [c for c in calls if opened_at + 100 <= c[0] < half_open_at]
     assert during_open == [], during_open
-    trial = [c for c in calls if half_open_at <= c[0] <= closed_at]
+    # Exactly one call, in one process, was admitted as a trial, and it reached the recovered dependency.
+    trial = [c for c in calls if c[3][0] == "half-open"]
     assert len(trial) == 1 and trial[0][2] == "ok", f"exactly one trial call across all processes: {trial}"
-    failed_calls = Counter(x for _, x, mode in calls if mode == "fail")
+    assert half_open_at <= trial[0][0] <= closed_at
+    generations = sorted({c[3][1] for c in calls})
+    assert len(generations) == 3, f"closed (failing), half-open (trial), closed again: {generations}"
+    failed_calls = Counter(c[1] for c in calls if c[2] == "fail")
     assert 3 <= sum(failed_calls.values()) <= 3 + 8, "fail_max failures, plus at most the calls in flight"
 
     # Every deferred message completed exactly once, with its real result.
