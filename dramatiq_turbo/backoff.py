@@ -412,7 +412,10 @@ def _keep_on_dead_letter(broker: dramatiq.Broker, message: Any) -> None:
     namespace = getattr(broker, "namespace", None)
     if redis_id is None or client is None or namespace is None:
         return
+    key = f"{namespace}:{message.queue_name}.msgs"
     try:
-        client.hset(f"{namespace}:{message.queue_name}.msgs", redis_id, message.encode())
+        # This worker holds the message until it nacks it, so the entry cannot vanish in between.
+        if client.hexists(key, redis_id):
+            client.hset(key, redis_id, message.encode())
     except Exception as error:  # the message still fails; only the note is lost
         logger.warning("Could not store the failure reason of message %r: %s", message.message_id, error)

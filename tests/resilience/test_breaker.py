@@ -277,3 +277,17 @@ def test_redis_outage_falls_back_to_a_local_breaker_with_a_warning(spare_redis, 
     succeed(b)
     assert not middleware.outage.active
     assert "Redis is reachable again" in caplog.text
+
+
+def test_the_breaker_package_is_callable_like_the_function():
+    import dramatiq_turbo
+    import dramatiq_turbo.breaker as package
+
+    # Importing the package binds ``dramatiq_turbo.breaker`` to it: calling it must still mean breaker(name).
+    public = dramatiq_turbo.breaker
+    CircuitBreaker(fail_max=1, reset_timeout=10_000)
+    with pytest.raises(ConnectionError), public("pkg"):
+        raise ConnectionError("down")
+    with pytest.raises(CircuitOpenError), package("pkg"):
+        pass
+    assert isinstance(public("pkg"), package.breaker)
