@@ -1,6 +1,7 @@
 """Worker app for the breaker proofs: an actor guarded by a shared breaker, calling a switchable dependency.
 
 Configured by environment: ``TURBO_TEST_REDIS_URL``, ``TURBO_TEST_NAMESPACE``,
+``TURBO_TEST_BREAKER_REDIS_URL`` (the breakers' store, default the same),
 ``TURBO_TEST_BROKER`` (``redis`` or ``rabbitmq``), ``TURBO_TEST_QUEUE``, and
 for RabbitMQ ``TURBO_TEST_RABBITMQ_URL``.  The dependency's mode lives in
 Redis (``<ns>:mode``: ``fail``, ``ok`` or ``flap``); every call to it, every
@@ -49,7 +50,8 @@ install(
         min_backoff=50, max_backoff=300, max_retries=int(os.environ.get("TURBO_TEST_MAX_RETRIES", "50"))
     ),
     breaker=CircuitBreaker(
-        redis=REDIS_URL,
+        # The breakers' store may be another server, which an outage test stops.
+        redis=os.environ.get("TURBO_TEST_BREAKER_REDIS_URL", REDIS_URL),
         fail_max=3,
         reset_timeout=1_500,
         slow_call=5_000,

@@ -43,6 +43,7 @@ def scenario(redis_url, make_broker, worker_processes, request):
     """Start 4 worker processes of the app on ``kind`` and hand back what a test needs."""
     client = connect_redis(redis_url)
     namespaces = []
+    results = []  # (backend, message): result keys are hashes, not under the namespace
 
     def start(kind, **env):
         namespace = unique("res")
@@ -68,9 +69,17 @@ def scenario(redis_url, make_broker, worker_processes, request):
             },
         )
         backend = RedisBackend(url=redis_url, namespace=f"{namespace}-results")
-        return namespace, queue, broker, workers, backend
+
+        def send(actor_name, x):
+            message = _send(broker, actor_name, queue, x)
+            results.append((backend, message))
+            return message
+
+        return namespace, queue, send, broker, workers, backend
 
     yield client, start
+    for backend, message in results:
+        client.delete(backend.build_message_key(message))
     for namespace in namespaces:
         keys = list(client.scan_iter(f"{namespace}*"))
         if keys:
@@ -81,10 +90,10 @@ def scenario(redis_url, make_broker, worker_processes, request):
 @pytest.mark.parametrize("kind", ["redis", "rabbitmq"])
 def test_failing_dependency_trips_once_for_all_processes_and_every_message_completes_once(kind, scenario):
     client, start = scenario
-    namespace, queue, broker, workers, backend = start(kind)
+    namespace, queue, send, _broker, workers, backend = start(kind)
     client.set(f"{namespace}:mode", "fail")
     workers.start(1)
-    messages = [_send(broker, "guarded", queue, x) for x in range(24)]
+    messages = [send("guarded", x) for x in range(24)]
 
     transitions = wait_for(
         lambda: _log(client, f"{namespace}:transitions"), timeout=20, what="the breaker to trip"
@@ -137,11 +146,11 @@ def test_failing_dependency_trips_once_for_all_processes_and_every_message_compl
 
 def test_flapping_dependency_with_backoff_loses_and_duplicates_nothing(scenario):
     client, start = scenario
-    namespace, queue, broker, workers, backend = start("redis")
+    namespace, queue, send, broker, workers, backend = start("redis")
     client.set(f"{namespace}:mode", "flap")
     workers.start(1)
     count = 60
-    messages = [_send(broker, "flapping", queue, x) for x in range(count)]
+    messages = [send("flapping", x) for x in range(count)]
 
     def outcomes():
         done = _log(client, f"{namespace}:done")
@@ -173,3 +182,38 @@ def test_flapping_dependency_with_backoff_loses_and_duplicates_nothing(scenario)
         else:
             with pytest.raises(ResultFailure):
                 message.get_result(backend=backend, block=True, timeout=5_000)
+
+
+def test_breaker_store_outage_falls_back_to_local_breakers_in_each_process(scenario, spare_redis):
+    client, start = scenario
+    namespace, _queue, send, _broker, workers, backend = start(
+        "redis", TURBO_TEST_BREAKER_REDIS_URL=spare_redis.url
+    )
+    workers.processes = 2
+    client.set(f"{namespace}:mode", "ok")
+    workers.start(1)
+    spare_redis.stop()  # the breakers' Redis is gone; the broker's is fine
+
+    first = [send("guarded", x) for x in range(10)]
+    assert [m.get_result(backend=backend, block=True, timeout=15_000) for m in first] == [
+        2 * x for x in range(10)
+    ], "a Redis outage of the breaker never fails a job"
+    # Now the dependency fails: each process trips its own local breaker.
+    client.set(f"{namespace}:mode", "fail")
+    second = [send("guarded", x) for x in range(10, 30)]
+    wait_for(lambda: _log(client, f"{namespace}:transitions"), timeout=20, what="a local breaker to trip")
+    client.set(f"{namespace}:mode", "ok")
+    results = [m.get_result(backend=backend, block=True, timeout=20_000) for m in second]
+    assert results == [2 * x for x in range(10, 30)]
+
+    done = [x for x, *_ in _log(client, f"{namespace}:done")]
+    assert sorted(done) == list(range(30)), "every message completed exactly once"
+    trips = Counter(pid for _, old, new, pid in _log(client, f"{namespace}:transitions") if new == "open")
+    assert trips and all(count >= 1 for count in trips.values())
+    calls = _log(client, f"{namespace}:calls")
+    failed = [c for c in calls if c[2] == "fail"]
+    # Each local breaker trips after 3 failures, plus calls in flight.
+    assert len(failed) <= len({c[4] for c in calls}) * (3 + 2) + 2 * 2, len(failed)
+    output = workers.output()
+    assert output.count("breaker: Redis is unreachable") <= 2, "one warning per process and outage"
+    assert output.count("breaker: Redis is unreachable") >= 1
