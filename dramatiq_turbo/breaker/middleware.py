@@ -205,24 +205,26 @@ class CircuitBreaker(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        self._current.message = None
-        admission: Admission | None = getattr(message, _ADMISSION, None)
+        admission = self._take_admission(message)
         if admission is None:
             return
-        setattr(message, _ADMISSION, None)
-        pop_held(message)
         # No exception from a message that was failed before the actor ran is no success of the dependency.
         ignore = isinstance(exception, CircuitOpenError) or (exception is None and message.failed)
         admission.breaker.record(admission, exception, ignore=ignore)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        admission = self._take_admission(message)
+        if admission is not None:
+            admission.breaker.release(admission)
+
+    def _take_admission(self, message: Any) -> Admission | None:
+        """The message's admission, if it had one, forgotten by this delivery."""
         self._current.message = None
         admission: Admission | None = getattr(message, _ADMISSION, None)
-        if admission is None:
-            return
-        setattr(message, _ADMISSION, None)
-        pop_held(message)
-        admission.breaker.release(admission)
+        if admission is not None:
+            setattr(message, _ADMISSION, None)
+            pop_held(message)
+        return admission
 
     # -- helpers ------------------------------------------------------------
 
