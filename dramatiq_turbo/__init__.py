@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# ``install`` is imported eagerly: the function shares its name with its
-# module, and importing the submodule later would otherwise rebind the
-# package attribute to the module.
+# ``install`` and ``breaker`` are imported eagerly: each function shares its
+# name with its module, and importing the submodule later would otherwise
+# rebind the package attribute to the module.
+from .breaker import breaker
 from .install import install
 
 # Public name -> module that defines it.  Each feature adds its names here.
@@ -28,6 +29,9 @@ _EXPORTS: dict[str, str] = {
     "MultiLevelCache": "dramatiq_turbo.cache",
     "content_hash": "dramatiq_turbo.cache",
     "RateLimiter": "dramatiq_turbo.ratelimit",
+    "CircuitBreaker": "dramatiq_turbo.breaker",
+    "CircuitOpenError": "dramatiq_turbo.breaker",
+    "Backoff": "dramatiq_turbo.backoff",
     "presets": "dramatiq_turbo.presets",  # a public module
     "Telemetry": "dramatiq_turbo.telemetry",
     "configure_telemetry": "dramatiq_turbo.telemetry",
@@ -38,6 +42,9 @@ _EXPORTS: dict[str, str] = {
 
 if TYPE_CHECKING:
     from . import presets as presets
+    from .backoff import Backoff as Backoff
+    from .breaker import CircuitBreaker as CircuitBreaker
+    from .breaker import CircuitOpenError as CircuitOpenError
     from .cache import MultiLevelCache as MultiLevelCache
     from .cache import ResultCache as ResultCache
     from .cache import content_hash as content_hash
@@ -53,7 +60,7 @@ if TYPE_CHECKING:
     from .telemetry import configure_telemetry as configure_telemetry
     from .telemetry import step as step
 
-__all__ = ["__version__", "install", *_EXPORTS]
+__all__ = ["__version__", "breaker", "install", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:

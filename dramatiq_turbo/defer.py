@@ -90,7 +90,8 @@ def defer(broker: dramatiq.Broker, message: Any, *, delay: int, reason: str, jit
         options={DEFERRALS_OPTION: deferral_count(message) + 1, "turbo_deferred_by": reason},
     )
     try:
-        broker.enqueue(later, delay=total)
+        # No delay means no trip through the broker's delay queue (one enqueue, not two).
+        broker.enqueue(later, delay=total or None)
     except Exception as error:
         raise DeferralFailed(f"could not defer message {message.message_id}: {error}") from error
     # Only now that the copy is safe: the skipped delivery must not store a

@@ -10,10 +10,20 @@ from typing import Any
 
 import dramatiq
 from dramatiq.errors import ActorNotFound
+from dramatiq.middleware import MiddlewareError
 
-__all__ = ["get_option", "require_ms"]
+__all__ = ["OptionError", "get_option", "require_ms"]
 
 _MISSING = object()
+
+
+class OptionError(MiddlewareError, ValueError):
+    """An actor option has a bad value.
+
+    Raise it from a ``before_declare_actor`` hook: Dramatiq lets only a
+    ``MiddlewareError`` escape a ``before_*`` hook, so the mistake stops the
+    declaration instead of being logged and ignored.
+    """
 
 
 def get_option(broker: dramatiq.Broker, message: Any, name: str, default: Any = None) -> Any:

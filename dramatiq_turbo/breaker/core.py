@@ -1,0 +1,356 @@
+"""One named breaker, its error, and ``breaker(name)`` for code inside actors."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar
+
+import pybreaker
+
+from ..events import record
+from ..outage import Outage
+from .store import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, BreakerStore, MemoryStore, Reply, Settings
+
+__all__ = ["Admission", "Breaker", "CircuitOpenError", "breaker", "current_admission"]
+
+logger = logging.getLogger("dramatiq_turbo.breaker")
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class CircuitOpenError(pybreaker.CircuitBreakerError):
+    """A call was refused because its breaker is open (or half-open with its trial calls taken).
+
+    A subclass of ``pybreaker.CircuitBreakerError``, so code that already
+    catches pybreaker's error keeps working.  ``Backoff`` reads
+    ``retry_after`` as a server hint; ``CircuitBreaker`` turns an uncaught one
+    into a deferral of the message.
+
+    Attributes:
+      name(str): The breaker's name.
+      retry_after(int): Milliseconds until the breaker may let a call through.
+      retryable(bool): Always ``True``: the dependency may recover.
+    """
+
+    retryable = True
+
+    def __init__(self, name: str, retry_after: int) -> None:
+        super().__init__(f"circuit {name!r} is open; retry in {retry_after} ms")
+        self.name = name
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Permission for one call: report its outcome with ``Breaker.record``.
+
+    ``state`` is the state the call was admitted in (``"half-open"`` for a
+    trial call) and ``generation`` the breaker's period that admitted it.
+    """
+
+    breaker: Breaker
+    generation: int
+    token: str
+    store: BreakerStore
+    started: float  # time.monotonic()
+    state: str
+
+
+class _StateView:
+    """What pybreaker listeners get as ``old_state``/``new_state``: an object with a ``name``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+class Breaker:
+    """One dependency's breaker, as seen from this process.
+
+    Calls are admitted and reported through a store (Redis, or this
+    process's memory while Redis is down).  Nothing holds a lock while a call
+    runs, so concurrent calls are never serialized.  The last open period
+    learnt from the store is kept locally, so while the breaker is known to be
+    open a call is refused without asking Redis.
+
+    Parameters:
+      name(str): The dependency's name.
+      settings(Settings): Thresholds and durations.
+      shared(BreakerStore): The shared store, or ``None`` to work per process.
+      exclude(tuple): Exception types that count neither as failure nor success.
+      listeners(Iterable[pybreaker.CircuitBreakerListener]): Told of state
+        changes this process makes (``state_change``) and of outcomes
+        (``success``/``failure``).
+      outage(Outage): Tracks the shared store's outages.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        settings: Settings,
+        *,
+        shared: BreakerStore | None = None,
+        exclude: tuple[type[BaseException], ...] = (),
+        listeners: Iterable[Any] = (),
+        outage: Outage | None = None,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.shared = shared
+        self.local = MemoryStore()
+        self.exclude = exclude
+        self.listeners = tuple(listeners)
+        self.outage = outage or Outage(component="breaker", logger=logger)
+        #: Until when (monotonic seconds) this process knows the breaker is open.
+        self._open_until = 0.0
+        self._retry_at_ms = 0
+        #: State transitions made by this process, and calls refused, by kind.
+        self.counts: Counter[str] = Counter()
+        self.state = STATE_CLOSED
+
+    # -- the hot path -------------------------------------------------------
+
+    def acquire(self) -> Admission:
+        """Admit one call, or raise ``CircuitOpenError``."""
+        now = time.monotonic()
+        if now < self._open_until:
+            self._reject(int((self._open_until - now) * 1000) + 1)
+        token = uuid.uuid4().hex
+        store, reply = self._ask(lambda s: s.acquire(self.name, self.settings, token))
+        if not reply.admitted:
+            wait = max(1, reply.retry_at - reply.now)
+            if reply.state == STATE_OPEN:
+                self._open_until = now + wait / 1000
+            self._reject(wait)
+        return Admission(self, reply.generation, token, store, time.monotonic(), reply.state)
+
+    def record(
+        self, admission: Admission, error: BaseException | None = None, *, ignore: bool = False
+    ) -> None:
+        """Report how an admitted call ended: ``error`` is its exception, ``None`` for success.
+
+        A call slower than ``slow_call`` is a failure even when it succeeded;
+        an error in ``exclude`` (or ``ignore=True``) counts as nothing.
+        """
+        elapsed = (time.monotonic() - admission.started) * 1000
+        if ignore or (error is not None and isinstance(error, self.exclude)):
+            outcome = "ignore"
+        elif error is not None or elapsed > self.settings.slow_call:
+            outcome = "failure"
+        else:
+            outcome = "success"
+        self._notify_outcome(outcome, error, elapsed)
+        store = admission.store
+        try:
+            reply = store.record(self.name, self.settings, admission.generation, outcome, admission.token)
+        except Exception as error_:
+            self.outage.failed(error_)
+            return
+        if store is self.shared:
+            self.outage.succeeded()
+        self._learn(reply)
+
+    def release(self, admission: Admission) -> None:
+        """Give back an admission whose call did not run (deferred or skipped)."""
+        self.record(admission, ignore=True)
+
+    # -- helpers ------------------------------------------------------------
+
+    def _ask(self, decide: Callable[[BreakerStore], Reply]) -> tuple[BreakerStore, Reply]:
+        if self.shared is not None:
+            try:
+                reply = decide(self.shared)
+            except Exception as error:
+                self.outage.failed(error)
+            else:
+                self.outage.succeeded()
+                self._learn(reply)
+                return self.shared, reply
+        reply = decide(self.local)
+        self._learn(reply)
+        return self.local, reply
+
+    def _learn(self, reply: Reply) -> None:
+        self.state = reply.state
+        if reply.state == STATE_OPEN and reply.retry_at > reply.now:
+            self._open_until = time.monotonic() + (reply.retry_at - reply.now) / 1000
+        elif reply.state != STATE_OPEN:
+            self._open_until = 0.0
+        if reply.previous and reply.previous != reply.state:
+            self._changed(reply.previous, reply.state)
+
+    def _changed(self, previous: str, state: str) -> None:
+        self.counts[state] += 1
+        log = logger.warning if state == STATE_OPEN else logger.info
+        log("Circuit %r: %s -> %s.", self.name, previous, state)
+        record("breaker.state", breaker=self.name, state=state, previous=previous)
+        for listener in self.listeners:
+            try:
+                listener.state_change(self, _StateView(previous), _StateView(state))
+            except Exception:
+                logger.exception("Breaker listener %r failed.", listener)
+
+    def _notify_outcome(self, outcome: str, error: BaseException | None, elapsed: float) -> None:
+        if not self.listeners or outcome == "ignore":
+            return
+        for listener in self.listeners:
+            try:
+                if outcome == "success":
+                    listener.success(self)
+                else:
+                    listener.failure(self, error or TimeoutError(f"slow call: {elapsed:.0f} ms"))
+            except Exception:
+                logger.exception("Breaker listener %r failed.", listener)
+
+    def _reject(self, retry_after: int) -> None:
+        self.counts["rejected"] += 1
+        record("breaker.reject", breaker=self.name)
+        raise CircuitOpenError(self.name, retry_after)
+
+    @property
+    def current_state(self) -> str:
+        """The state as last learnt by this process (pybreaker's name for it)."""
+        if self.state == STATE_OPEN and time.monotonic() >= self._open_until:
+            return STATE_HALF_OPEN
+        return self.state
+
+
+# -- breaker(name) ------------------------------------------------------------
+
+_registry_lock = threading.Lock()
+_default: Any = None  # the CircuitBreaker middleware that serves breaker(name)
+_fallback: dict[str, Breaker] = {}
+
+
+def set_default(middleware: Any) -> None:
+    """Make ``middleware`` (a ``CircuitBreaker``) the one ``breaker(name)`` uses."""
+    global _default
+    with _registry_lock:
+        _default = middleware
+
+
+def get_breaker(name: str) -> Breaker:
+    """The breaker called ``name`` of the current ``CircuitBreaker`` middleware.
+
+    Without one, a per-process breaker with default settings.
+    """
+    middleware = _default
+    if middleware is not None:
+        found: Breaker = middleware.get(name)
+        return found
+    with _registry_lock:
+        fallback = _fallback.get(name)
+        if fallback is None:
+            fallback = _fallback[name] = Breaker(name, Settings())
+        return fallback
+
+
+class breaker:
+    """Guard one external call with the breaker called ``name``.
+
+    As a context manager::
+
+        with breaker("llm"):
+            answer = client.complete(prompt)
+
+    or as a decorator::
+
+        @breaker("llm")
+        def complete(prompt): ...
+
+    Raises ``CircuitOpenError`` (in microseconds, without a Redis round trip
+    while the open state is known locally) when the breaker refuses the call.
+    An exception from the block counts as a failure unless it is excluded; a
+    block slower than ``slow_call`` counts as one too.  The breaker is looked
+    up when the block is entered, in the ``CircuitBreaker`` middleware created
+    last (a per-process breaker with defaults when there is none).
+
+    Inside a call already guarded by the same breaker (an actor with
+    ``breaker="llm"`` that also uses ``breaker("llm")``) the block is part of
+    that call: it takes no second admission, which would compete with its own
+    outer call for the single trial permit when half-open.
+
+    Admissions are kept in a context variable, so one ``breaker`` object may
+    be used by many threads and asyncio tasks at once.
+
+    Parameters:
+      name(str): The dependency's name, as in the actor option ``breaker="llm"``.
+    """
+
+    def __init__(self, name: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"breaker() needs a dependency name, got {name!r}")
+        self.name = name
+
+    def __enter__(self) -> Breaker:
+        found = get_breaker(self.name)
+        held = _held.get()
+        nested = any(admission is not None and admission.breaker is found for _, admission in held)
+        admission = None if nested else found.acquire()
+        _held.set((*held, (self, admission)))
+        return found
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        admission = pop_held(self)
+        if admission is not None:
+            # A refusal from a breaker nested inside says nothing about this one.
+            admission.breaker.record(admission, error, ignore=isinstance(error, CircuitOpenError))
+
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            with self:
+                return fn(*args, **kwargs)
+
+        return guarded
+
+
+#: The admissions of the calls the current thread or task is inside, innermost last.
+_held: ContextVar[tuple[tuple[object, Admission | None], ...]] = ContextVar("turbo_breaker_held", default=())
+
+
+def push_held(owner: object, admission: Admission) -> None:
+    """Note that the current context is inside ``admission``'s call (``owner`` pops it)."""
+    _held.set((*_held.get(), (owner, admission)))
+
+
+def current_admission() -> Admission | None:
+    """The admission of the innermost breaker-guarded call the current thread or task is in.
+
+    Its ``state`` says whether the call is a trial (``"half-open"``) and its
+    ``generation`` which period of the breaker admitted it; ``None`` outside
+    any guarded call.
+    """
+    for _, admission in reversed(_held.get()):
+        if admission is not None:
+            return admission
+    return None
+
+
+def pop_held(owner: object) -> Admission | None:
+    """Forget ``owner``'s innermost admission and return it."""
+    held = _held.get()
+    for index in range(len(held) - 1, -1, -1):
+        if held[index][0] is owner:
+            _held.set(held[:index] + held[index + 1 :])
+            return held[index][1]
+    return None
