@@ -299,11 +299,23 @@ def _finish_helpers(helpers: list[Future[None]]) -> None:
             raise error
 
 
+#: How long ``parallel(timeout=...)`` lets the pool start a callable before running it inline.
+_START_GRACE = 0.02
+
+
+def _wait_to_start(future: Future[Any], seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while not (future.running() or future.done()) and time.monotonic() < end:
+        time.sleep(0.0005)
+
+
 def parallel(*fns: Callable[[], Any], timeout: int | None = None) -> list[Any]:
     """Run independent callables at once and return their results in order.
 
-    The calling thread runs whatever the pool has not started yet, so
-    ``parallel`` works inside pool threads too.  If a callable raises, the
+    The calling thread runs the first callable and then whatever the pool
+    has not started yet (with a ``timeout``, every callable goes to the pool
+    and the caller only runs those not started within 20 ms), so
+    ``parallel`` works inside pool threads too, even on a saturated pool.  If a callable raises, the
     callables that have not started are cancelled, the running ones are
     waited for (up to ``timeout``), and the first error (in time) is raised
     with a note for each other failure and for each cancelled callable.
@@ -344,16 +356,25 @@ def parallel(*fns: Callable[[], Any], timeout: int | None = None) -> list[Any]:
         return run
 
     pool = shared_pool()
-    futures: list[Future[Any]] = [pool.submit(runner(i, fn)) for i, fn in enumerate(fns[1:], 1)]
-    first: Future[Any] = Future()
-    futures.insert(0, first)
+    # Without a timeout the caller runs the first callable itself; with one,
+    # everything goes to the pool first, since what the caller runs itself
+    # cannot be abandoned at the deadline.
+    inline_first = deadline is None
+    futures: list[Future[Any]] = [
+        Future() if index == 0 and inline_first else pool.submit(runner(index, fn))
+        for index, fn in enumerate(fns)
+    ]
     cancelled: list[int] = []
-    # The caller runs the first callable and then any the pool has not started.
+    grace = 0.0 if inline_first else _START_GRACE
+    # Then it runs whatever the pool has not started (after a moment's grace
+    # with a timeout): nested calls on a busy pool cannot deadlock.
     for index, future in enumerate(futures):
+        if grace:
+            _wait_to_start(future, grace)
         if failed.is_set() or (deadline is not None and time.monotonic() >= deadline):
             break
-        if index == 0 or future.cancel():
-            inline: Future[Any] = Future() if index else first
+        if (index == 0 and inline_first) or future.cancel():
+            inline: Future[Any] = Future()
             try:
                 inline.set_result(runner(index, fns[index])())
             except Exception as error:

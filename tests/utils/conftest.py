@@ -52,7 +52,7 @@ def make_handler(server: LocalServer) -> type[BaseHTTPRequestHandler]:
             with server.lock:
                 server.connections += 1
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             with server.lock:
                 server.hits[path] = server.hits.get(path, 0) + 1

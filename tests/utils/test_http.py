@@ -141,7 +141,9 @@ def test_download_streams_with_progress(http_server: LocalServer) -> None:
         send_body(request, body)
 
     progress: list[tuple[int, int | None]] = []
-    data = download_file(f"{http_server.url}/file", on_progress=lambda done, total: progress.append((done, total)))
+    data = download_file(
+        f"{http_server.url}/file", on_progress=lambda done, total: progress.append((done, total))
+    )
     assert data == body and isinstance(data, bytes)
     assert len(progress) >= 2
     assert all(total == len(body) for _, total in progress)
