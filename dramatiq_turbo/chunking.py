@@ -43,7 +43,7 @@ Tokenizer = str | Callable[[str], int | Sequence[Any]]
 
 # A cut after sentence punctuation (and closing quotes or brackets), or at a
 # blank line.  Both end where the next sentence starts.
-_CUT = re.compile(r"\n[^\S\n]*\n\s*|(?<=[.!?])[\"')\]\u201d\u2019\u00bb]*\s+")
+_CUT = re.compile(r"\n[^\S\n]*\n\s*|(?<=[.!?])[\"')\]\u201d\u2019\u00bb]*(\s+)")
 _WORD = re.compile(r"\S+")
 
 PARAGRAPH, SENTENCE, WORD, INSIDE = 3, 2, 1, 0
@@ -199,7 +199,8 @@ def _sentences(text: str) -> tuple[list[int], list[int], list[int]]:
         if cut >= size or match.start() <= position:
             continue
         starts.append(position)
-        ends.append(match.start())
+        # The unit keeps its closing quotes and brackets; the whitespace goes.
+        ends.append(match.start(1) if match.lastindex else match.start())
         strengths.append(strength)
         strength = PARAGRAPH if match.group().count("\n") >= 2 else SENTENCE
         position = cut
@@ -227,8 +228,12 @@ class _Packer:
     def exact_count(self, units: Sequence[_Unit]) -> int:
         return self.counter.count(self.text[units[0].start : units[-1].end])
 
-    def refine(self, unit: _Unit) -> list[_Unit]:
-        """``unit`` cut into words, or a word cut inside; ``[unit]`` if it cannot be cut."""
+    def refine(self, unit: _Unit, room: int = 0) -> list[_Unit]:
+        """``unit`` cut into words, or a word cut inside; ``[unit]`` if it cannot be cut.
+
+        A word cut inside starts with a piece of at most ``room`` tokens (when
+        positive), to fill the rest of a chunk; the other pieces fit half a chunk.
+        """
         text = self.text
         words = [(m.start(), m.end()) for m in _WORD.finditer(text, unit.start, unit.end)]
         if len(words) > 1:
@@ -239,17 +244,20 @@ class _Packer:
             ]
         if unit.tokens <= 1 or unit.end - unit.start <= 1:
             return [unit]
-        return self._cut_inside(unit)
+        return self._cut_inside(unit, room)
 
-    def _cut_inside(self, unit: _Unit) -> list[_Unit]:
+    def _cut_inside(self, unit: _Unit, room: int) -> list[_Unit]:
         # One long word: take the longest prefixes that fit half a chunk, by
         # binary search within a window (no token spans more than 16 characters
         # per token on average, so the window always holds a full piece).
         text, count = self.text, self.counter.count
-        limit = max(1, self.max_tokens // 2)
+        half = max(1, self.max_tokens // 2)
+        limit = room if 0 < room < half else half
         pieces: list[_Unit] = []
         start = unit.start
         while start < unit.end:
+            if pieces:
+                limit = half
             window = min(unit.end, start + limit * 16)
             low, high = start + 1, window
             while low < high:
@@ -283,7 +291,7 @@ class _Packer:
                 continue
             fresh = len(current) - carried
             if unit.tokens > self.max_tokens or tokens < self.half or fresh == 0:
-                pieces = self.refine(unit)
+                pieces = self.refine(unit, self.max_tokens - tokens)
                 if len(pieces) > 1:
                     queue.pop()
                     queue.extend(reversed(pieces))
@@ -339,12 +347,16 @@ class _Packer:
         chunk = list(chunk)
         leftover: list[_Unit] = []
         while self.exact_count(chunk) > self.max_tokens:
-            if len(chunk) - 1 > carried:
+            # Drop whole units while the chunk stays half full; then cut finer.
+            if len(chunk) - 1 > carried and self._sum(chunk[:-1]) >= self.half:
                 leftover.insert(0, chunk.pop())
                 continue
             pieces = self.refine(chunk[-1])
             if len(pieces) > 1:
                 chunk[-1:] = pieces
+                continue
+            if len(chunk) - 1 > carried:
+                leftover.insert(0, chunk.pop())
                 continue
             if carried:
                 chunk.pop(0)
@@ -372,8 +384,13 @@ class _Packer:
                 if len(pieces) > 1:
                     chunk = chunk[:-1] + pieces
                     continue
+            # Start on a word boundary at least, never inside a cut word.
+            while tail and tail[0].strength == INSIDE:
+                tail.pop(0)
             if self.exact:
                 while tail and self.exact_count(tail) > self.overlap:
+                    tail.pop(0)
+                while tail and tail[0].strength == INSIDE:
                     tail.pop(0)
             return tail
 
