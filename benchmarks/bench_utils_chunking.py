@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import glob
 import importlib.metadata
+import itertools
 import os
 import statistics
 import time
@@ -85,8 +86,7 @@ def main() -> None:
         counts = counter.count_many([text[s:e] for s, e in spans])
         body = counts[:-1] or counts
         overlaps = [
-            counter.count(text[s2:e1]) if s2 < e1 else 0
-            for (_, e1), (s2, _) in zip(spans, spans[1:], strict=False)
+            counter.count(text[s2:e1]) if s2 < e1 else 0 for (_, e1), (s2, _) in itertools.pairwise(spans)
         ]
         rows.append(
             (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import re
 import sys
 
@@ -50,7 +51,7 @@ def check_invariants(
         chunk = text[start:end]
         assert chunk and chunk == chunk.strip()
         assert count.count(chunk) <= max_tokens, (start, end)
-    for (s1, e1), (s2, e2) in zip(spans, spans[1:], strict=False):
+    for (s1, e1), (s2, e2) in itertools.pairwise(spans):
         assert s2 > s1 and e2 > e1
         if s2 < e1:
             assert count.count(text[s2:e1]) <= overlap
@@ -94,13 +95,15 @@ def test_real_text_invariants(max_tokens: int, overlap: int) -> None:
     assert all(n >= max_tokens // 2 - slack for n in counts[:-1]), counts
     assert sum(n >= max_tokens // 2 for n in counts[:-1]) >= 0.97 * (len(counts) - 1)
     if len(spans) > 1 and overlap:
-        overlapping = sum(s2 < e1 for (_, e1), (s2, _) in zip(spans, spans[1:], strict=False))
+        overlapping = sum(s2 < e1 for (_, e1), (s2, _) in itertools.pairwise(spans))
         # Only a last word (a URL, say) longer than the overlap leaves none.
         assert overlapping >= (0.95 if overlap >= 40 else 0.8) * (len(spans) - 1)
 
 
 def test_cuts_prefer_paragraphs_then_sentences() -> None:
-    paragraphs = [" ".join(f"Sentence {p}.{s} has a few plain words in it." for s in range(6)) for p in range(30)]
+    paragraphs = [
+        " ".join(f"Sentence {p}.{s} has a few plain words in it." for s in range(6)) for p in range(30)
+    ]
     text = "\n\n".join(paragraphs)
     spans = chunk_spans(text, 120, 0)
     ends = [text[e:].startswith("\n\n") or e == len(text) for _, e in spans]
@@ -114,7 +117,7 @@ def test_overlap_crosses_paragraph_breaks() -> None:
     text = "\n\n".join(paragraphs)
     spans = chunk_spans(text, 100, 30)
     check_invariants(text, spans, 100, 30, CL100K)
-    overlaps = [text[s2:e1] for (_, e1), (s2, _) in zip(spans, spans[1:], strict=False)]
+    overlaps = [text[s2:e1] for (_, e1), (s2, _) in itertools.pairwise(spans)]
     assert all(overlaps), "every neighbouring pair overlaps"
     assert any("\n\n" in o for o in overlaps)
 
@@ -123,7 +126,7 @@ def test_long_sentence_overlaps_by_words() -> None:
     text = " ".join(f"word{n}" for n in range(3000))  # one endless sentence
     spans = chunk_spans(text, 200, 20)
     check_invariants(text, spans, 200, 20, CL100K)
-    assert all(s2 < e1 for (_, e1), (s2, _) in zip(spans, spans[1:], strict=False))
+    assert all(s2 < e1 for (_, e1), (s2, _) in itertools.pairwise(spans))
 
 
 def test_a_word_longer_than_the_limit_is_cut_inside() -> None:
@@ -176,7 +179,16 @@ def test_missing_extra_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
         chunking._offline_encoding.cache_clear()
 
 
-VOCABULARY = sorted(set(REAL.split()))[:3000] + ["naïve", "don't", "e-mail", "1,234.5", "日本語", "🙂", "x" * 40]
+VOCABULARY = [
+    *sorted(set(REAL.split()))[:3000],
+    "naïve",
+    "don't",
+    "e-mail",
+    "1,234.5",
+    "日本語",
+    "🙂",
+    "x" * 40,
+]
 
 sentence = st.lists(st.sampled_from(VOCABULARY), min_size=1, max_size=25).map(
     lambda words: " ".join(words) + "."
@@ -216,3 +228,23 @@ def test_property_real_text_slices(start: int, size: int, limit: tuple[int, int]
     text = REAL[start : start + size]
     max_tokens, overlap = limit
     check_invariants(text, chunk_spans(text, max_tokens, overlap), max_tokens, overlap, CL100K)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=st.one_of(any_text, paragraph_text), data=st.data())
+def test_property_counts_add_up_across_cuts(text: str, data: st.DataObject) -> None:
+    # The exactness argument: at the cuts smart_chunk makes, pre-tokens break,
+    # so the count of a run of pieces is the sum of the pieces' counts.
+    units = chunking._units(text, CL100K, 50)
+    packer = chunking._Packer(text, CL100K, 100, 10)
+    pieces = [piece for unit in units for piece in packer.refine(unit)]
+    pieces = [piece for unit in pieces for piece in (packer.refine(unit) if unit.level > 1 else [unit])]
+    pieces = [piece for piece in pieces if piece.level > 0]
+    if not pieces:
+        return
+    i = data.draw(st.integers(0, len(pieces) - 1))
+    j = data.draw(st.integers(i, len(pieces) - 1))
+    run = pieces[i : j + 1]
+    if all(piece.end == following.start for piece, following in itertools.pairwise(run)):
+        assert CL100K.count(text[run[0].start : run[-1].end]) == sum(piece.tokens for piece in run)
+        assert packer.exact_count(run) == CL100K.count(text[slice(*packer.span(run))])
