@@ -302,12 +302,37 @@ class _Packer:
     def exact_count(self, units: Sequence[_Unit]) -> int:
         """The exact token count of the units' trimmed text."""
         start, end = self.span(units)
-        count = self.counter.count
-        if len(units) < 3 or not self.counter.additive or not all(unit.clean for unit in units[1:]):
-            return count(self.text[start:end])
-        # Only the ends change when trimmed; the middle adds up.
-        middle = sum(unit.tokens for unit in units[1:-1])
-        return count(self.text[start : units[0].end]) + middle + count(self.text[units[-1].start : end])
+        text, count = self.text, self.counter.count
+        if len(units) < 2 or not self.counter.additive or not all(unit.clean for unit in units[1:]):
+            return count(text[start:end])
+        # The counts add up; only the trimmed ends change, and only up to the
+        # nearest cut inside them, so just those stretches are counted again.
+        total = sum(unit.tokens for unit in units)
+        first, last = units[0], units[-1]
+        if start > first.start:
+            match = _WORD_CUT.search(text, start + 1, first.end)
+            cut = match.start() if match else first.end
+            total += count(text[start:cut]) - count(text[first.start : cut])
+        if end < last.end:
+            cut = self._last_cut(last.start, end)
+            before = count(text[cut : last.end]) if cut > last.start else last.tokens
+            total += count(text[cut:end]) - before
+        return total
+
+    def _last_cut(self, low: int, end: int) -> int:
+        """The last word cut in ``text[low:end]`` (``low`` if none); ``end`` is not whitespace."""
+        text = self.text
+        best = low
+        space = max(text.rfind(" ", low, end), text.rfind("\t", low, end))
+        if space > low:
+            while space > low and text[space - 1] in " \t":
+                space -= 1
+            if space > low and not text[space - 1].isspace():
+                best = space
+        newline = text.rfind("\n", low, end)
+        if newline >= low and newline + 1 < end and not text[newline + 1].isspace():
+            best = max(best, newline + 1)
+        return best
 
     def refine(self, unit: _Unit, room: int = 0) -> list[_Unit]:
         """``unit`` cut one level finer: a paragraph into sentences, a sentence
@@ -343,11 +368,7 @@ class _Packer:
             if i == 0:
                 strength, is_clean = unit.strength, unit.clean
             else:
-                if _SENTENCE_END.search(text, max(cuts[i] - 8, cuts[i - 1]), cuts[i]):
-                    strength = SENTENCE
-                else:
-                    strength = LINE if text[cuts[i] - 1] == "\n" else WORD
-                is_clean = clean[i - 1]
+                strength, is_clean = self._strength(cuts[i]), clean[i - 1]
             pieces.append(_Unit(cuts[i], cuts[i + 1], strength, count, is_clean, level))
         return pieces
 
@@ -477,25 +498,58 @@ class _Packer:
         """The last units of ``chunk`` worth at most ``overlap`` tokens, never all of it."""
         if self.overlap <= 0:
             return []
-        first_allowed = max(1, carried)
-        while True:
-            tail: list[_Unit] = []
-            total = 0
-            for index in range(len(chunk) - 1, first_allowed - 1, -1):
-                if total + chunk[index].tokens > self.overlap:
-                    break
-                total += chunk[index].tokens
-                tail.insert(0, chunk[index])
-            if not tail and len(chunk) > first_allowed and chunk[-1].tokens > self.overlap:
-                # The last sentence alone is too long: overlap with its last words instead.
-                pieces = self.refine(chunk[-1])
-                if len(pieces) > 1:
-                    chunk = chunk[:-1] + pieces
-                    continue
-            # Start on a word boundary at least, never inside a cut word.
-            while tail and (tail[0].strength == INSIDE or self.exact_count(tail) > self.overlap):
-                tail.pop(0)
-            return tail
+        tail: list[_Unit] = []
+        total = 0
+        for index in range(len(chunk) - 1, max(1, carried) - 1, -1):
+            unit = chunk[index]
+            if total + unit.tokens <= self.overlap:
+                tail.insert(0, unit)
+                total += unit.tokens
+                continue
+            if not tail:
+                # The last unit alone is too long: its last sentences or words.
+                tail = self._trailing(unit, self.overlap)
+            break
+        # Start on a word boundary at least, never inside a cut word.
+        while tail and (tail[0].strength == INSIDE or self.exact_count(tail) > self.overlap):
+            tail.pop(0)
+        return tail
+
+    def _trailing(self, unit: _Unit, budget: int) -> list[_Unit]:
+        """The last sentences (or words) of ``unit`` worth at most ``budget`` tokens.
+
+        Counted from the end, one piece at a time, so a long paragraph is not
+        counted again in full for an overlap of a few sentences.
+        """
+        text, count = self.text, self.counter.count
+        # Only the end can fit in the budget: look for cuts there (a token has
+        # at least one character, rarely more than 30).
+        low = max(unit.start + 1, unit.end - 32 * budget - 256)
+        if unit.level > SENTENCE:
+            inner, level = _sentence_cuts(text, low, unit.end), SENTENCE
+        elif unit.level > WORD:
+            inner, level = [m.start() for m in _WORD_CUT.finditer(text, low, unit.end)], WORD
+        else:
+            return []
+        bounds = [unit.start, *inner, unit.end]
+        pieces: list[_Unit] = []
+        total = 0
+        for i in range(len(bounds) - 2, 0, -1):
+            tokens = count(text[bounds[i] : bounds[i + 1]])
+            if total + tokens > budget:
+                break
+            pieces.insert(0, _Unit(bounds[i], bounds[i + 1], self._strength(bounds[i]), tokens, True, level))
+            total += tokens
+        if not pieces and level == SENTENCE:
+            last = _Unit(bounds[-2], bounds[-1], SENTENCE, 0, True, SENTENCE)
+            return self._trailing(last, budget)
+        return pieces
+
+    def _strength(self, cut: int) -> int:
+        text = self.text
+        if _SENTENCE_END.search(text, max(cut - 8, 0), cut):
+            return SENTENCE
+        return LINE if text[cut - 1] == "\n" else WORD
 
 
 # -- public API ----------------------------------------------------------------------------
