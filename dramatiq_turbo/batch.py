@@ -15,7 +15,6 @@ cancels the pool tasks that never started.
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .options import require_ms
+from .perprocess import PerProcess, size_from_env
 
 __all__ = ["BatchResult", "parallel", "pool_threads", "process_batch"]
 
@@ -34,47 +34,23 @@ R = TypeVar("R")
 #: Pool threads when ``TURBO_POOL_THREADS`` is not set: work here waits on I/O.
 DEFAULT_POOL_THREADS = 16
 
-_pool: ThreadPoolExecutor | None = None
-_pool_pid = 0
-_pool_lock = threading.Lock()
+
+def _new_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=pool_threads(), thread_name_prefix="turbo-pool")
 
 
-def _reset_after_fork() -> None:
-    global _pool, _pool_lock
-    # The parent's pool threads do not exist in the child; its executor would
-    # accept work that never runs.
-    _pool = None
-    _pool_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
+# A forked child gets its own: the parent's threads do not exist there.
+_pool: PerProcess[ThreadPoolExecutor] = PerProcess(_new_pool)
 
 
 def pool_threads() -> int:
     """Threads in the per-process pool: ``TURBO_POOL_THREADS``, else 16."""
-    configured = os.environ.get("TURBO_POOL_THREADS", "").strip()
-    if not configured:
-        return DEFAULT_POOL_THREADS
-    try:
-        size = int(configured)
-    except ValueError:
-        raise ValueError(f"TURBO_POOL_THREADS must be an integer, got {configured!r}") from None
-    if size < 1:
-        raise ValueError(f"TURBO_POOL_THREADS must be at least 1, got {size}")
-    return size
+    return size_from_env("TURBO_POOL_THREADS", DEFAULT_POOL_THREADS)
 
 
 def shared_pool() -> ThreadPoolExecutor:
     """This process's bounded thread pool, created on first use."""
-    global _pool, _pool_pid
-    pool = _pool
-    if pool is not None and _pool_pid == os.getpid():
-        return pool
-    with _pool_lock:
-        if _pool is None or _pool_pid != os.getpid():
-            _pool = ThreadPoolExecutor(max_workers=pool_threads(), thread_name_prefix="turbo-pool")
-            _pool_pid = os.getpid()
-        return _pool
+    return _pool.get()
 
 
 @dataclass

@@ -41,6 +41,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from .options import require_ms
+from .perprocess import PerProcess, size_from_env
 
 __all__ = [
     "DownloadError",
@@ -147,19 +148,8 @@ class _State:
     pool_size: int
 
 
-_state: _State | None = None
-_lock = threading.Lock()
-
-
-def _reset_after_fork() -> None:
-    global _state, _lock
-    # The parent's sockets belong to the parent; a lock held by another parent
-    # thread at fork time would never be released here.
-    _state = None
-    _lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_reset_after_fork)
+# Sockets belong to the process that opened them: a forked child builds its own.
+_state: PerProcess[_State] = PerProcess(lambda: _build(pool_size()))
 
 
 class _CappedRetry(Retry):
@@ -190,17 +180,10 @@ def pool_size() -> int:
     shared pool that ``process_batch`` and ``parallel`` use, since those
     threads make requests too.
     """
-    configured = os.environ.get("TURBO_HTTP_POOL_SIZE", "").strip()
-    if configured:
-        try:
-            size = int(configured)
-        except ValueError:
-            raise ValueError(f"TURBO_HTTP_POOL_SIZE must be an integer, got {configured!r}") from None
-        if size < 1:
-            raise ValueError(f"TURBO_HTTP_POOL_SIZE must be at least 1, got {size}")
-        return size
     from .batch import pool_threads
 
+    if os.environ.get("TURBO_HTTP_POOL_SIZE", "").strip():
+        return size_from_env("TURBO_HTTP_POOL_SIZE", 1)
     return (_worker_threads() or DEFAULT_THREADS) + pool_threads()
 
 
@@ -236,20 +219,14 @@ def _build(size: int) -> _State:
 
 
 def _current(size: int | None) -> _State:
-    global _state
-    state = _state
-    if state is not None and state.pid == os.getpid():
+    if size is not None and size < 1:
+        raise ValueError(f"pool_size must be at least 1, got {size}")
+    state = _state.peek()
+    if state is not None:
         return state
-    with _lock:
-        state = _state
-        if state is None or state.pid != os.getpid():
-            if size is not None and size < 1:
-                raise ValueError(f"pool_size must be at least 1, got {size}")
-            state = _state = _build(size or pool_size())
-            logger.debug(
-                "HTTP session for process %d with %d connections per host.", state.pid, state.pool_size
-            )
-        return state
+    state = _state.get(lambda: _build(size or pool_size()))
+    logger.debug("HTTP session for process %d with %d connections per host.", state.pid, state.pool_size)
+    return state
 
 
 def http_session(*, pool_size: int | None = None) -> requests.Session:

@@ -36,7 +36,7 @@ def fetch_pages(job: int) -> None:
         lambda: smart_chunk(text, 60, 10),
         lambda: http_session().get(f"{HTTP_URL}/status", timeout=10).status_code,
     )
-    state = turbo_http._state
+    state = turbo_http._state.peek()
     assert state is not None
     store.rpush(
         f"{NAMESPACE}:done",

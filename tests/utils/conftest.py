@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -91,6 +92,23 @@ def send_chunked(request: BaseHTTPRequestHandler, parts: list[bytes], pause: flo
         request.wfile.write(b"0\r\n\r\n")
     except (BrokenPipeError, ConnectionResetError):
         request.close_connection = True
+
+
+def in_forked_child(check: Callable[[], bool]) -> bool:
+    """Run ``check`` in a forked child process and return its answer."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child answers, then leaves at once (no atexit, no pytest teardown)
+        try:
+            os.write(write, b"1" if check() else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        return os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
 
 
 @pytest.fixture

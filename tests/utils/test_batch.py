@@ -14,6 +14,15 @@ import dramatiq_turbo
 from dramatiq_turbo import batch
 from dramatiq_turbo.batch import BatchResult, parallel, process_batch, shared_pool
 
+from .conftest import in_forked_child
+
+
+@pytest.fixture(autouse=True)
+def fresh_pool() -> Iterator[None]:
+    # Tests that shrink the pool (TURBO_POOL_THREADS) must not leave it small.
+    yield
+    batch._pool.reset()
+
 
 class InFlight:
     """Counts concurrent calls and remembers the highest count."""
@@ -145,7 +154,6 @@ def test_reuses_one_pool_and_no_threads_per_call() -> None:
 
 
 def test_nested_batches_do_not_deadlock_on_a_saturated_pool(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch, "_pool", None)
     monkeypatch.setenv("TURBO_POOL_THREADS", "2")
     outer_done: list[int] = []
 
@@ -211,16 +219,21 @@ def test_parallel_runs_at_once_and_keeps_order() -> None:
 
 def test_parallel_raises_first_error_with_the_rest_attached() -> None:
     finished: list[str] = []
+    started = [threading.Event(), threading.Event()]
 
     def slow_ok() -> str:
+        started[0].set()
         time.sleep(0.3)
         finished.append("slow")
         return "slow"
 
     def fails_fast() -> None:
+        for event in started:  # fail only once the others run
+            event.wait(5)
         raise KeyError("first")
 
     def fails_later() -> None:
+        started[1].set()
         time.sleep(0.1)
         raise ValueError("second")
 
@@ -234,7 +247,6 @@ def test_parallel_raises_first_error_with_the_rest_attached() -> None:
 
 
 def test_parallel_cancels_what_has_not_started(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch, "_pool", None)
     monkeypatch.setenv("TURBO_POOL_THREADS", "1")
     ran: list[int] = []
     gate = threading.Event()
@@ -268,7 +280,6 @@ def test_parallel_timeout_names_what_still_runs() -> None:
 
 
 def test_parallel_inside_pool_threads_does_not_deadlock(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(batch, "_pool", None)
     monkeypatch.setenv("TURBO_POOL_THREADS", "1")
 
     def level(depth: int) -> int:
@@ -288,20 +299,12 @@ def test_parallel_inside_pool_threads_does_not_deadlock(monkeypatch: pytest.Monk
 def test_forked_child_gets_a_working_pool() -> None:
     parent_pool = shared_pool()
     parent_pool.submit(lambda: None).result()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            ok = shared_pool() is not parent_pool and parallel(lambda: 1, lambda: 2) == [1, 2]
-            ok = ok and process_batch(range(10), lambda n: n, concurrency=3).results == list(range(10))
-            os.write(write, b"1" if ok else b"0")
-        finally:
-            os._exit(0)
-    os.close(write)
-    answer = os.read(read, 1)
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert answer == b"1"
+
+    def child_pool_works() -> bool:
+        ok = shared_pool() is not parent_pool and parallel(lambda: 1, lambda: 2) == [1, 2]
+        return ok and process_batch(range(10), lambda n: n, concurrency=3).results == list(range(10))
+
+    assert in_forked_child(child_pool_works)
 
 
 def test_parallel_timeout_also_covers_the_first_callable() -> None:

@@ -7,6 +7,7 @@ import pickle
 import threading
 import time
 import tracemalloc
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -24,13 +25,15 @@ from dramatiq_turbo.http import (
     http_session,
 )
 
-from .conftest import LocalServer, send_body, send_chunked
+from .conftest import LocalServer, in_forked_child, send_body, send_chunked
 
 
 @pytest.fixture(autouse=True)
-def fresh_session(monkeypatch: pytest.MonkeyPatch) -> None:
+def fresh_session() -> Iterator[None]:
     # Each test builds its own per-process session (and sees its own connections).
-    monkeypatch.setattr(http, "_state", None)
+    http._state.reset()
+    yield
+    http._state.reset()
 
 
 def test_public_names() -> None:
@@ -54,20 +57,13 @@ def test_one_session_per_process_shared_by_threads() -> None:
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_child_builds_its_own_session() -> None:
     parent = http_session()
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: report whether it got a different session, then leave at once
-        try:
-            child = http_session()
-            ok = child is not parent and http._state is not None and http._state.pid == os.getpid()
-            os.write(write, b"1" if ok else b"0")
-        finally:
-            os._exit(0)
-    os.close(write)
-    answer = os.read(read, 1)
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert answer == b"1"
+
+    def child_has_its_own() -> bool:
+        child = http_session()
+        state = http._state.peek()
+        return child is not parent and state is not None and state.pid == os.getpid()
+
+    assert in_forked_child(child_has_its_own)
     assert http_session() is parent
 
 
