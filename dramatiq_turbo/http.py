@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import http.client
+import http.cookiejar
 import io
 import ipaddress
 import logging
@@ -210,6 +211,8 @@ def _build(size: int) -> _State:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     raw = requests.Session()
+    # Downloads for different jobs must not share cookies through the process-wide session.
+    raw.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
     raw_adapter = _adapter(size, 0)
     # Share the connections: one pool per process, whatever the retry policy.
     raw_adapter.poolmanager = adapter.poolmanager

@@ -158,6 +158,19 @@ def test_download_without_length_reports_unknown_total(http_server: LocalServer)
     assert progress[-1] == (2000, None)
 
 
+def test_downloads_do_not_share_cookies(http_server: LocalServer) -> None:
+    @http_server.route("/login")
+    def login(request: BaseHTTPRequestHandler) -> None:
+        send_body(request, b"hi", Set_Cookie="session=secret; Path=/")
+
+    @http_server.route("/echo")
+    def echo(request: BaseHTTPRequestHandler) -> None:
+        send_body(request, (request.headers.get("Cookie") or "none").encode())
+
+    assert download_file(f"{http_server.url}/login") == b"hi"
+    assert download_file(f"{http_server.url}/echo") == b"none"
+
+
 def test_download_follows_redirects(http_server: LocalServer) -> None:
     @http_server.route("/old")
     def old(request: BaseHTTPRequestHandler) -> None:
