@@ -523,8 +523,8 @@ class _Packer:
         """
         text, count = self.text, self.counter.count
         # Only the end can fit in the budget: look for cuts there (a token has
-        # at least one character, rarely more than 30).
-        low = max(unit.start + 1, unit.end - 32 * budget - 256)
+        # at least one character, rarely more than 12).
+        low = max(unit.start + 1, unit.end - 12 * budget - 256)
         if unit.level > SENTENCE:
             inner, level = _sentence_cuts(text, low, unit.end), SENTENCE
         elif unit.level > WORD:
