@@ -9,12 +9,14 @@ Everything runs against an HTTP server this script starts on 127.0.0.1
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
 import threading
 import time
 import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -29,7 +31,13 @@ JOBS = 500
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
-    connections = 0
+    # Shared with the benchmark process: the server runs in its own process,
+    # so that it does not compete with the client for the GIL.
+    opened: Any = None
+
+    @property
+    def connections(self) -> int:
+        return int(self.opened.value)
 
     def server_bind(self) -> None:
         super().server_bind()
@@ -43,7 +51,8 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.connections += 1
+        with self.server.opened.get_lock():
+            self.server.opened.value += 1
 
     def do_GET(self) -> None:
         body = LARGE if self.path == "/large" else SMALL
@@ -69,15 +78,18 @@ def per_job(url: str) -> list[tuple[str, float]]:
     rows = []
     for name, job in (("fresh connection per job", fresh), ("http_session() (pooled)", pooled)):
         job()  # warm up
-        started = time.perf_counter()
-        for _ in range(JOBS):
-            job()
-        rows.append((name, (time.perf_counter() - started) / JOBS))
+        best = float("inf")
+        for _ in range(2):  # best of two: the machine is shared
+            started = time.perf_counter()
+            for _ in range(JOBS):
+                job()
+            best = min(best, (time.perf_counter() - started) / JOBS)
+        rows.append((name, best))
     return rows
 
 
-def connections_opened(server: Server, url: str, session: requests.Session) -> tuple[int, float]:
-    server.connections = 0
+def connections_opened(opened: Any, url: str, session: requests.Session) -> tuple[int, float]:
+    opened.value = 0
 
     def worker() -> None:
         for _ in range(50):
@@ -89,7 +101,7 @@ def connections_opened(server: Server, url: str, session: requests.Session) -> t
         thread.start()
     for thread in threads:
         thread.join()
-    return server.connections, time.perf_counter() - started
+    return int(opened.value), time.perf_counter() - started
 
 
 def large_download(url: str) -> list[tuple[str, float, float]]:
@@ -114,13 +126,25 @@ def large_download(url: str) -> list[tuple[str, float, float]]:
     return rows
 
 
-def main() -> None:
+def serve(port: Any, opened: Any) -> None:
     server = Server(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    server.opened = opened
+    port.value = server.server_address[1]
+    server.serve_forever()
+
+
+def main() -> None:
+    context = multiprocessing.get_context("fork")
+    port, opened = context.Value("i", 0), context.Value("i", 0)
+    process = context.Process(target=serve, args=(port, opened), daemon=True)
+    process.start()
+    deadline = time.monotonic() + 10
+    while not port.value and time.monotonic() < deadline:
+        time.sleep(0.01)
+    base = f"http://127.0.0.1:{port.value}"
     try:
         rows = per_job(f"{base}/small")
-        print(f"Per-job cost of one small GET ({JOBS} jobs, one thread)")
+        print(f"Per-job cost of one small GET ({JOBS} jobs, one thread; server in another process)")
         print(f"{'method':<28} {'ms/job':>8} {'speed-up':>9}")
         print("-" * 47)
         for name, seconds in rows:
@@ -128,9 +152,9 @@ def main() -> None:
 
         naive = requests.Session()
         naive.mount("http://", HTTPAdapter(pool_maxsize=2, pool_block=False))
-        naive_count, naive_time = connections_opened(server, f"{base}/small", naive)
+        naive_count, naive_time = connections_opened(opened, f"{base}/small", naive)
         naive.close()
-        ours_count, ours_time = connections_opened(server, f"{base}/small", http_session())
+        ours_count, ours_time = connections_opened(opened, f"{base}/small", http_session())
         print("\n16 threads x 50 requests through one session")
         print(f"{'pool':<36} {'connections':>11} {'seconds':>8}")
         print("-" * 57)
@@ -143,8 +167,8 @@ def main() -> None:
         for name, rate, ratio in large_download(f"{base}/large"):
             print(f"{name:<28} {rate:8.0f} {ratio:18.2f}x")
     finally:
-        server.shutdown()
-        server.server_close()
+        process.terminate()
+        process.join(5)
 
 
 if __name__ == "__main__":
