@@ -248,3 +248,11 @@ def test_property_counts_add_up_across_cuts(text: str, data: st.DataObject) -> N
     if all(piece.end == following.start for piece, following in itertools.pairwise(run)):
         assert CL100K.count(text[run[0].start : run[-1].end]) == sum(piece.tokens for piece in run)
         assert packer.exact_count(run) == CL100K.count(text[slice(*packer.span(run))])
+
+
+@pytest.mark.parametrize("tokenizer", ["o200k_base", "gpt-4o"])
+def test_other_encodings_are_exact_too(tokenizer: str) -> None:
+    counter = token_counter(tokenizer)
+    spans = chunk_spans(REAL, 300, 30, tokenizer=tokenizer)
+    check_invariants(REAL, spans, 300, 30, counter)
+    assert max(counter.count(REAL[s:e]) for s, e in spans) >= 290  # packed, not cautious
