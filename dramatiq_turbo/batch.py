@@ -291,10 +291,12 @@ def parallel(*fns: Callable[[], Any], timeout: int | None = None) -> list[Any]:
     The calling thread runs the first callable and then whatever the pool
     has not started yet (with a ``timeout``, every callable goes to the pool
     and the caller only runs those not started within 20 ms), so
-    ``parallel`` works inside pool threads too, even on a saturated pool.  If a callable raises, the
-    callables that have not started are cancelled, the running ones are
-    waited for (up to ``timeout``), and the first error (in time) is raised
-    with a note for each other failure and for each cancelled callable.
+    ``parallel`` works inside pool threads too, even on a saturated pool.
+
+    If a callable raises, the callables that have not started are
+    cancelled, the running ones are waited for (up to ``timeout``), and the
+    first error (in time) is raised with a note for each other failure and
+    for each cancelled callable.
 
     Parameters:
       *fns(callable): Callables taking no arguments (use ``functools.partial``
