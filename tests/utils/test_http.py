@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import threading
@@ -156,6 +157,19 @@ def test_download_without_length_reports_unknown_total(http_server: LocalServer)
     data = download_file(f"{http_server.url}/chunked", on_progress=lambda d, t: progress.append((d, t)))
     assert data == b"a" * 1000 + b"b" * 1000
     assert progress[-1] == (2000, None)
+
+
+def test_compressed_body_is_decoded_and_capped_decoded(http_server: LocalServer) -> None:
+    plain = b"all work and no play " * 50_000  # 1 MB, compresses to a few KB
+
+    @http_server.route("/gz")
+    def gz(request: BaseHTTPRequestHandler) -> None:
+        send_body(request, gzip.compress(plain), Content_Encoding="gzip")
+
+    assert download_file(f"{http_server.url}/gz") == plain
+    # The cap applies to what the body becomes, not to its compressed size.
+    with pytest.raises(DownloadTooLarge, match="aborted"):
+        download_file(f"{http_server.url}/gz", max_bytes=100_000)
 
 
 def test_downloads_do_not_share_cookies(http_server: LocalServer) -> None:
