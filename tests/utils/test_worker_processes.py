@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from http.server import BaseHTTPRequestHandler
 
 import pytest
@@ -31,6 +32,9 @@ def test_each_worker_process_has_its_own_session_and_pool(
 
             @http_server.route(f"/doc/{job}/{part}")
             def doc(request: BaseHTTPRequestHandler) -> None:
+                # Slow enough that one process alone would need longer than
+                # an idle consumer's longest poll back-off (1 s): both take jobs.
+                time.sleep(0.15)
                 send_body(request, PARAGRAPH.encode())
 
     namespace = unique("utils")
