@@ -20,11 +20,14 @@ from .install import install
 
 # Public name -> module that defines it.  Each feature adds its names here.
 _EXPORTS: dict[str, str] = {
+    # the shared store
     "connect_redis": "dramatiq_turbo.redis",
     "batch_get": "dramatiq_turbo.redis",
     "batch_set": "dramatiq_turbo.redis",
+    # deferral
     "Deferred": "dramatiq_turbo.defer",
     "DeferralFailed": "dramatiq_turbo.defer",
+    # middleware
     "ResultCache": "dramatiq_turbo.cache",
     "MultiLevelCache": "dramatiq_turbo.cache",
     "content_hash": "dramatiq_turbo.cache",
@@ -32,24 +35,45 @@ _EXPORTS: dict[str, str] = {
     "CircuitBreaker": "dramatiq_turbo.breaker",
     "CircuitOpenError": "dramatiq_turbo.breaker",
     "Backoff": "dramatiq_turbo.backoff",
-    "presets": "dramatiq_turbo.presets",  # a public module
     "Telemetry": "dramatiq_turbo.telemetry",
     "configure_telemetry": "dramatiq_turbo.telemetry",
     "MetricsCollector": "dramatiq_turbo.telemetry",
     "step": "dramatiq_turbo.telemetry",
     "Timer": "dramatiq_turbo.telemetry",
+    # tools for actors and workers
+    "presets": "dramatiq_turbo.presets",  # a public module
+    "http_session": "dramatiq_turbo.http",
+    "download_file": "dramatiq_turbo.http",
+    "DownloadError": "dramatiq_turbo.http",
+    "DownloadTooLarge": "dramatiq_turbo.http",
+    "DownloadTimeout": "dramatiq_turbo.http",
+    "DownloadRefused": "dramatiq_turbo.http",
+    "process_batch": "dramatiq_turbo.batch",
+    "BatchResult": "dramatiq_turbo.batch",
+    "parallel": "dramatiq_turbo.batch",
+    "smart_chunk": "dramatiq_turbo.chunking",
 }
 
 if TYPE_CHECKING:
     from . import presets as presets
     from .backoff import Backoff as Backoff
+    from .batch import BatchResult as BatchResult
+    from .batch import parallel as parallel
+    from .batch import process_batch as process_batch
     from .breaker import CircuitBreaker as CircuitBreaker
     from .breaker import CircuitOpenError as CircuitOpenError
     from .cache import MultiLevelCache as MultiLevelCache
     from .cache import ResultCache as ResultCache
     from .cache import content_hash as content_hash
+    from .chunking import smart_chunk as smart_chunk
     from .defer import DeferralFailed as DeferralFailed
     from .defer import Deferred as Deferred
+    from .http import DownloadError as DownloadError
+    from .http import DownloadRefused as DownloadRefused
+    from .http import DownloadTimeout as DownloadTimeout
+    from .http import DownloadTooLarge as DownloadTooLarge
+    from .http import download_file as download_file
+    from .http import http_session as http_session
     from .ratelimit import RateLimiter as RateLimiter
     from .redis import batch_get as batch_get
     from .redis import batch_set as batch_set

@@ -115,3 +115,10 @@ def test_console_script_runs():
         [sys.executable, "-m", "dramatiq_turbo.cli", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0 and "dramatiq-turbo" in out.stdout
+
+
+def test_every_public_name_resolves():
+    import dramatiq_turbo
+
+    missing = [name for name in dramatiq_turbo.__all__ if getattr(dramatiq_turbo, name, None) is None]
+    assert missing == []
