@@ -234,9 +234,13 @@ class Backoff(Middleware):
     A message whose exception is not retryable (``retryable = False``, an HTTP
     4xx other than 408/429, or one of ``throws``) fails at once.  Every message
     that is given up keeps the reason in its ``turbo_failure`` option
-    (``{"reason", "error", "detail", "retries"}``), written into the stored
-    message on ``RedisBroker`` (and on ``StubBroker``'s dead letters), so the
-    dead-letter queue says why.
+    (``{"reason", "error", "detail", "retries"}``), so the dead-letter queue
+    says why: ``RedisBroker``'s stored message is rewritten before the nack
+    moves it, ``StubBroker``'s dead letters hold it, and on
+    ``RabbitmqBroker``, whose nack can only dead-letter the body it
+    delivered, the updated message is published to ``<queue>.XQ`` (confirmed)
+    and the delivery acked, the failure then stored for ``Results`` as a nack
+    would have.
 
     Parameters:
       max_retries(int): Retries before giving up; ``None`` for no limit.

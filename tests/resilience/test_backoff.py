@@ -344,3 +344,48 @@ def test_redis_dead_letter_keeps_the_reason(make_broker, start_worker):
     options = json.loads(stored[0])["options"]
     assert options[FAILURE_OPTION]["reason"] == "HTTP 422 is a client error"
     assert options.get("retries", 0) == 0
+
+
+def test_a_dead_lettered_delivery_stores_its_failure_as_results_after_nack_would():
+    """A message dead-lettered by hand is acked: ``after_ack`` stores what ``after_nack`` would have."""
+    from dramatiq.broker import MessageProxy
+    from dramatiq.results import Results
+
+    from dramatiq_turbo.backoff import _DEAD_LETTERED
+
+    class Backend:
+        def __init__(self):
+            self.stored = []
+
+        def store_exception(self, message, exception, ttl):
+            self.stored.append((message.message_id, exception, ttl))
+
+    backend = Backend()
+    broker = StubBroker()
+    backoff = Backoff()
+    broker.add_middleware(Results(backend=backend, result_ttl=1_000))
+    broker.add_middleware(backoff)
+    queue = unique("bo")
+
+    @dramatiq.actor(queue_name=queue, broker=broker, store_results=True, result_ttl=2_000)
+    def stored():
+        pass
+
+    @dramatiq.actor(queue_name=queue, broker=broker)
+    def not_stored():
+        pass
+
+    def acked(actor, **options):
+        message = MessageProxy(actor.message_with_options(**options))
+        error = RuntimeError(actor.actor_name)
+        setattr(message, _DEAD_LETTERED, error)
+        backoff.after_ack(broker, message)
+        assert not hasattr(message, _DEAD_LETTERED), "the exception is not kept alive"
+        return message.message_id, error
+
+    plain = MessageProxy(stored.message())
+    backoff.after_ack(broker, plain)  # an ordinary ack stores nothing
+    first = acked(stored)  # actor option ttl beats the middleware's
+    acked(not_stored)  # store_results defaults to the middleware's (False)
+    second = acked(not_stored, store_results=True, result_ttl=3_000)  # message options beat both
+    assert backend.stored == [(*first, 2_000), (*second, 3_000)]
