@@ -114,3 +114,19 @@ def test_connect_redis_fails_fast_while_the_server_is_down_and_recovers(spare_re
     spare_redis.start()
     client.set("k", "again")  # the pool reconnects by itself
     assert client.get("k") == b"again"
+
+
+@pytest.mark.integration
+def test_execute_packed_runs_one_command_and_never_retries(spare_redis):
+    from dramatiq_turbo.redis import execute_packed
+
+    client = connect_redis(spare_redis.url, connect_timeout=500)
+    assert execute_packed(client, ("MSET", "a", "1", "b", 2, "c", 2.5)) == b"OK"
+    assert execute_packed(client, ("MGET", "a", "b", "c", "missing")) == [b"1", b"2", b"2.5", None]
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        execute_packed(client, ("MSET", "odd"))
+    spare_redis.stop()
+    with pytest.raises(redis.ConnectionError):
+        execute_packed(client, ("MGET", "a"))
+    spare_redis.start()
+    assert execute_packed(client, ("MGET", "a")) == [None]  # a new server: empty, and the pool reconnected

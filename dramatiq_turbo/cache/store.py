@@ -102,7 +102,7 @@ class RedisStore:
         """
         script = load_script(self.client, "dramatiq_turbo", "batch_set.lua")
         keys = [self.value_key(key) for key, _, _ in items]
-        args = batch_set_arguments(keys, [data for _, data, _ in items], [ttl for _, _, ttl in items])
+        args = batch_set_arguments([data for _, data, _ in items], [ttl for _, _, ttl in items])
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=False)
             pipe.evalsha(script.sha, len(keys), *keys, *args)

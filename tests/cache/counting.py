@@ -18,6 +18,7 @@ class Counts(threading.local):
     commands = 0
     round_trips = 0
     handshake = False
+    counted = False  # the command being sent was counted when it was packed
 
 
 class CountingConnection(redis.Connection):
@@ -39,11 +40,16 @@ class CountingConnection(redis.Connection):
 
     def send_command(self, *args: Any, **kwargs: Any) -> None:
         self._count(1)
-        super().send_command(*args, **kwargs)
+        CountingConnection.per_thread.counted = True
+        try:
+            super().send_command(*args, **kwargs)
+        finally:
+            CountingConnection.per_thread.counted = False
 
     def pack_commands(self, commands: Any) -> Any:
         commands = list(commands)
         self._count(len(commands), round_trip=False)
+        CountingConnection.per_thread.counted = True
         return super().pack_commands(commands)
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
@@ -52,6 +58,9 @@ class CountingConnection(redis.Connection):
         if cls.per_thread.handshake:
             super().send_packed_command(command, check_health)
             return
+        if not cls.per_thread.counted:
+            self._count(1)  # one command packed by the caller (dramatiq_turbo.redis.execute_packed)
+        cls.per_thread.counted = False
         with cls.lock:
             cls.total_round_trips += 1
         cls.per_thread.round_trips += 1
