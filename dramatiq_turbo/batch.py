@@ -14,6 +14,7 @@ cancels the pool tasks that never started.
 
 from __future__ import annotations
 
+import contextvars
 import itertools
 import sys
 import threading
@@ -257,7 +258,10 @@ def _start_helpers(work: Callable[[], None], count: int) -> list[Future[None]]:
     if count <= 0:
         return []
     pool = shared_pool()
-    return [pool.submit(work) for _ in range(min(count, pool_threads()))]
+    # Each helper runs in its own copy of the caller's context (one Context
+    # cannot be entered by two threads at once): breakers held by the message,
+    # the current span and the job's step table are seen inside the items.
+    return [pool.submit(contextvars.copy_context().run, work) for _ in range(min(count, pool_threads()))]
 
 
 def _cancel(futures: list[Future[Any]]) -> None:
@@ -339,7 +343,9 @@ def parallel(*fns: Callable[[], Any], timeout: int | None = None) -> list[Any]:
     # cannot be abandoned at the deadline.
     inline_first = deadline is None
     futures: list[Future[Any]] = [
-        Future() if index == 0 and inline_first else pool.submit(runner(index, fn))
+        Future()
+        if index == 0 and inline_first
+        else pool.submit(contextvars.copy_context().run, runner(index, fn))
         for index, fn in enumerate(fns)
     ]
     cancelled: list[int] = []

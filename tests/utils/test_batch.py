@@ -317,3 +317,16 @@ def test_parallel_timeout_also_covers_the_first_callable() -> None:
         parallel(lambda: release.wait(5), lambda: 2, timeout=200)
     assert time.monotonic() - started < 1.0
     release.set()
+
+
+def test_items_and_steps_see_the_callers_context() -> None:
+    import contextvars
+
+    current: contextvars.ContextVar[str] = contextvars.ContextVar("current", default="none")
+    token = current.set("message-1")
+    try:
+        result = process_batch(range(40), lambda n: current.get(), concurrency=5)
+        assert result.ok and set(result.results) == {"message-1"}
+        assert parallel(current.get, current.get, current.get) == ["message-1"] * 3
+    finally:
+        current.reset(token)
