@@ -348,11 +348,20 @@ class Backoff(Middleware):
             self._give_up(broker, message, exception, "retries exhausted", retries, max_retries)
             return
 
-        delay = self._delay(message, exception, retries, option)
-        message.options[_LAST_DELAY_OPTION] = delay
-        logger.info("Retrying message %r in %d ms (retry %d).", message.message_id, delay, retries + 1)
-        record("retry", reason=type(exception).__name__, delay_ms=delay, retries=retries + 1)
-        broker.enqueue(message, delay=delay)
+        try:
+            delay = self._delay(message, exception, retries, option)
+            message.options[_LAST_DELAY_OPTION] = delay
+            logger.info("Retrying message %r in %d ms (retry %d).", message.message_id, delay, retries + 1)
+            record("retry", reason=type(exception).__name__, delay_ms=delay, retries=retries + 1)
+            broker.enqueue(message, delay=delay)
+        except Exception as error:
+            # A bad backoff option (a float from backoff(), say) or a failed
+            # enqueue: Dramatiq would swallow this and ack the message, so
+            # dead-letter it with the reason instead of losing it.
+            logger.exception("Could not retry message %r.", message.message_id)
+            self._give_up(
+                broker, message, exception, f"retry failed: {type(error).__name__}: {error}"[:300], retries
+            )
 
     def after_ack(self, broker: dramatiq.Broker, message: Any) -> None:
         exception = getattr(message, _DEAD_LETTERED, None)

@@ -389,3 +389,23 @@ def test_a_dead_lettered_delivery_stores_its_failure_as_results_after_nack_would
     acked(not_stored)  # store_results defaults to the middleware's (False)
     second = acked(not_stored, store_results=True, result_ttl=3_000)  # message options beat both
     assert backend.stored == [(*first, 2_000), (*second, 3_000)]
+
+
+def test_a_retry_that_cannot_be_scheduled_dead_letters_the_message_instead_of_losing_it():
+    broker, _ = _broker(Backoff(min_backoff=0, max_backoff=0))
+    queue = unique("bo")
+    runs = Counter()
+
+    # backoff() returns a float: no valid delay can be computed for the retry.
+    @dramatiq.actor(queue_name=queue, max_retries=3, backoff=lambda retries, exception: 100 * 1.5**retries)
+    def flaky(n):
+        runs[n] += 1
+        raise RuntimeError("transient")
+
+    flaky.send(1)
+    _run(broker, flaky)
+    assert runs == Counter({1: 1})
+    [dead] = broker.dead_letters
+    failure = dead.options[FAILURE_OPTION]
+    assert failure["reason"].startswith("retry failed: ValueError") and "backoff()" in failure["reason"]
+    assert failure["error"] == "RuntimeError"
