@@ -279,6 +279,15 @@ def _check_url(url: str, block_private: bool) -> None:
             )
 
 
+_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return parts.scheme, (parts.hostname or "").lower(), port
+
+
 def _retry_after_ms(headers: Mapping[str, str]) -> int | None:
     value = headers.get("Retry-After")
     if not value:
@@ -465,12 +474,13 @@ def _attempt(
     block_private: bool,
 ) -> bytes:
     current = url
+    request_headers = dict(headers or {})
     for _ in range(_MAX_REDIRECTS + 1):
         left = deadline.remaining()
         try:
             response = session.get(
                 current,
-                headers=dict(headers or {}),
+                headers=request_headers,
                 stream=True,
                 timeout=(min(left, 30.0), left),
                 allow_redirects=False,
@@ -483,8 +493,15 @@ def _attempt(
         with response:
             if response.is_redirect:
                 location = response.headers.get("Location", "")
-                current = urljoin(current, location)
+                previous, current = current, urljoin(current, location)
                 _check_url(current, block_private)
+                if _origin(previous) != _origin(current):
+                    # As requests does: credentials never follow a redirect to another origin.
+                    request_headers = {
+                        name: value
+                        for name, value in request_headers.items()
+                        if name.lower() not in _CREDENTIAL_HEADERS
+                    }
                 continue
             if response.status_code >= 400:
                 raise _status_error(response, url)

@@ -375,3 +375,31 @@ def test_50_mb_download_is_held_once_in_memory(http_server: LocalServer) -> None
     assert len(data) == size and data == body
     assert peak <= 2 * size, f"peak {peak / size:.2f}x the body"
     assert peak <= 1.2 * size, f"peak {peak / size:.2f}x: the body was copied"
+
+
+def test_credentials_follow_a_redirect_only_within_the_same_origin(http_server: LocalServer) -> None:
+    seen: dict[str, str | None] = {}
+    other_origin = http_server.url.replace("127.0.0.1", "localhost")
+
+    @http_server.route("/start")
+    def start(request: BaseHTTPRequestHandler) -> None:
+        seen["start"] = request.headers.get("Authorization")
+        send_body(request, b"", status=302, Location="/same")
+
+    @http_server.route("/same")
+    def same(request: BaseHTTPRequestHandler) -> None:
+        seen["same"] = request.headers.get("Authorization")
+        send_body(request, b"", status=302, Location=f"{other_origin}/elsewhere")
+
+    @http_server.route("/elsewhere")
+    def elsewhere(request: BaseHTTPRequestHandler) -> None:
+        seen["elsewhere"] = request.headers.get("Authorization")
+        seen["cookie"] = request.headers.get("Cookie")
+        send_body(request, b"arrived")
+
+    body = download_file(
+        f"{http_server.url}/start",
+        headers={"Authorization": "Bearer SECRET", "Cookie": "s=1", "X-Trace": "t"},
+    )
+    assert body == b"arrived"
+    assert seen == {"start": "Bearer SECRET", "same": "Bearer SECRET", "elsewhere": None, "cookie": None}
