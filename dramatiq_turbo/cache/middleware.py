@@ -186,7 +186,9 @@ class ResultCache(Middleware):
         if delivery is not None and delivery.lookup is not None:
             delivery.lookup.abandon()
 
-    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        # After, not before: messages still running at shutdown keep their
+        # leases renewed until the worker has let them finish.
         self.cache.close()
 
     # Helpers ---------------------------------------------------------------------

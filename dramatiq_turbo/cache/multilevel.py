@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -369,21 +370,32 @@ class MultiLevelCache:
         ttl = self.l2_ttl if ttl is None else ttl
         try:
             data = self.codec.encode(value)
-        except TypeError:
+        except Exception:
+            # Whatever the serializer raised, the turn must end: waiters in
+            # this process and others would otherwise wait for nothing.
             self._abandon(key, flight, token)
             raise
         self.l1.set(key, value, ttl)
-        store, leases = self._usable_store(), self._leases
-        if store is not None and leases is not None:
-            self._call(leases.finish, key, token, data, ttl)
+        self._finish_turn(key, token, data, ttl)
         if flight is not None:
             self._flights.resolve(key, flight, value)
 
     def _abandon(self, key: str, flight: Flight | None, token: str) -> None:
-        if token and self._leases is not None and self._usable_store() is not None:
-            self._call(self._leases.finish, key, token, None, None)
+        self._finish_turn(key, token, None, None)
         if flight is not None:
             self._flights.fail(key, flight)
+
+    def _finish_turn(self, key: str, token: str, data: bytes | None, ttl: int | None) -> None:
+        """Store ``data`` (unless ``None``) and end this process's lease on ``key``, if it holds one."""
+        leases = self._leases
+        if leases is None:
+            return
+        if self._usable_store() is not None:
+            self._call(leases.finish, key, token, data, ttl)  # releases the local hold first
+        elif token:
+            # Redis failed a moment ago: stop renewing the lease, so it expires
+            # and another process can take the turn.
+            leases.forget(key)
 
     def _decode(self, key: str, data: bytes, ttl: int) -> Any:
         try:
@@ -440,5 +452,9 @@ class MultiLevelCache:
         self.l1.after_fork()
         self._flights.after_fork()
         self._counts_lock = threading.Lock()
+        if self._store is not None:
+            # Each process needs its own origin: invalidations from a sibling
+            # forked from the same parent must not look like its own.
+            self._store.origin = uuid.uuid4().hex
         if self._leases is not None:
             self._leases.after_fork()

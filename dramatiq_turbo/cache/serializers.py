@@ -75,7 +75,11 @@ class PickleSerializer:
     tag = b"p"
 
     def dumps(self, value: Any) -> bytes:
-        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as error:
+            # The same signal as JSON's: this value cannot be cached.
+            raise TypeError(f"cannot pickle {type(value).__name__}: {error}") from error
 
     def loads(self, data: bytes) -> Any:
         return pickle.loads(data)  # opt-in, documented above

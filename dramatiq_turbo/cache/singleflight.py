@@ -191,6 +191,10 @@ class Leases:
                 self._renewer_pid = os.getpid()
                 self._renewer.start()
 
+    def forget(self, key: str) -> None:
+        """Stop renewing this process's lease on ``key`` without telling Redis (it expires on its own)."""
+        self._release(self.store.flight_keys(key)[1])
+
     def _release(self, lease_key: str) -> None:
         with self._held_lock:
             self._held.pop(lease_key, None)

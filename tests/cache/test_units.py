@@ -126,3 +126,32 @@ def test_default_key_is_stable_across_kwarg_order_and_changes_with_version():
 def test_default_key_names_the_actor_when_arguments_are_not_json():
     with pytest.raises(TypeError, match=r"'summarize'.*cache_key"):
         args_key("summarize", [object()], {})
+
+
+def test_a_value_the_serializer_refuses_ends_the_turn_for_everyone():
+    from dramatiq_turbo.cache import MultiLevelCache
+
+    cache = MultiLevelCache(serializer="pickle")
+
+    class Local:  # a class defined in a function cannot be pickled
+        pass
+
+    with pytest.raises(TypeError, match="cannot pickle"):
+        cache.get_or_compute("k", Local)
+    started = time.monotonic()
+    assert cache.get_or_compute("k", lambda: 7) == 7
+    assert time.monotonic() - started < 1, "the failed turn left nobody waiting on it"
+
+
+def test_a_forked_process_gets_its_own_invalidation_origin():
+    import fakeredis
+
+    from dramatiq_turbo.cache import MultiLevelCache
+
+    cache = MultiLevelCache(redis=fakeredis.FakeRedis())
+    try:
+        before = cache._store.origin
+        cache._after_fork()
+        assert cache._store.origin != before
+    finally:
+        cache.close()
