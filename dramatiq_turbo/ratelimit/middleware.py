@@ -279,7 +279,8 @@ class _Renewer:
     def __init__(self) -> None:
         self._held: dict[_Hold, None] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._changed = threading.Event()  # set by add() and stop(): the period may be shorter now
         self._thread: threading.Thread | None = None
         self._pid = 0
 
@@ -289,24 +290,37 @@ class _Renewer:
             # Threads do not survive fork: start one per process.
             if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
                 self._pid = os.getpid()
-                self._wake.clear()
+                self._stopped.clear()
                 self._thread = threading.Thread(target=self._run, name="turbo-lease-renewer", daemon=True)
                 self._thread.start()
+        self._changed.set()
 
     def discard(self, hold: _Hold) -> None:
         with self._lock:
             self._held.pop(hold, None)
 
     def stop(self) -> None:
-        self._wake.set()
+        self._stopped.set()
+        self._changed.set()
 
     def _run(self) -> None:
+        renewed_at = time.monotonic()
         while True:
             with self._lock:
                 holds = list(self._held)
-            period = min((h.lease for h in holds), default=3_000) / 3
-            if self._wake.wait(period / 1000):
+            # Renew every third of the shortest lease held; a hold added with
+            # a shorter lease wakes the thread to recompute when that is.
+            period = min((h.lease for h in holds), default=3_000) / 3 / 1000
+            remaining = renewed_at + period - time.monotonic()
+            if remaining > 0:
+                self._changed.wait(remaining)
+                self._changed.clear()
+                if self._stopped.is_set():
+                    return
+                continue
+            if self._stopped.is_set():
                 return
+            renewed_at = time.monotonic()
             groups: dict[tuple[int, str, int], list[_Hold]] = {}
             with self._lock:
                 for hold in self._held:
