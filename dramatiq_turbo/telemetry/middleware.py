@@ -41,12 +41,22 @@ class _Runtime:
     """The tracer and instruments of one process (rebuilt after a fork)."""
 
     def __init__(
-        self, tracer: Tracer, meter_provider: MeterProvider, instruments: Instruments, generation: int
+        self,
+        tracer: Tracer,
+        meter_provider: MeterProvider,
+        instruments: Instruments,
+        generation: int,
+        setup: object,
     ) -> None:
         self.tracer = tracer
         self.meter_provider = meter_provider
         self.instruments = instruments
         self.generation = generation
+        self.setup = setup  # the configure_telemetry() setup it was built from
+
+    def current(self) -> bool:
+        """Built in this process from the latest ``configure_telemetry`` setup."""
+        return self.generation == fork_generation() and self.setup is configured()
 
 
 class _Send:
@@ -147,11 +157,11 @@ class Telemetry(Middleware):
 
     def _runtime(self) -> _Runtime:
         runtime = self._runtime_cache
-        if runtime is not None and runtime.generation == fork_generation():
+        if runtime is not None and runtime.current():
             return runtime
         with self._runtime_lock:
             runtime = self._runtime_cache
-            if runtime is None or runtime.generation != fork_generation():
+            if runtime is None or not runtime.current():
                 runtime = self._build_runtime()
                 self._runtime_cache = runtime
             return runtime
@@ -183,7 +193,11 @@ class Telemetry(Middleware):
             instruments = Instruments(meter)
             self._event_metrics = EventMetrics(meter, self._current_labels)
         return _Runtime(
-            tracer_provider.get_tracer(_SCOPE, __version__), meter_provider, instruments, fork_generation()
+            tracer_provider.get_tracer(_SCOPE, __version__),
+            meter_provider,
+            instruments,
+            fork_generation(),
+            configured(),
         )
 
     def _flush(self) -> None:

@@ -153,3 +153,30 @@ def test_bad_configuration_is_refused_clearly(args: str, env: dict[str, str], me
     )
     assert result.returncode == 0, result.stderr
     assert message in result.stdout
+
+
+def test_telemetry_follows_a_second_configure_telemetry(receiver: OtlpReceiver) -> None:
+    result = run_python(
+        """
+        from dramatiq.brokers.stub import StubBroker
+        import dramatiq
+        from dramatiq_turbo import Telemetry, configure_telemetry
+
+        first = configure_telemetry("first")
+        broker = StubBroker(middleware=[Telemetry()])
+
+        @dramatiq.actor(broker=broker)
+        def job() -> None: ...
+
+        job.send()
+        first.force_flush()
+        second = configure_telemetry("second")  # shuts the first providers down
+        job.send()
+        second.force_flush()
+        """,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        OTEL_METRICS_EXPORTER="none",
+    )
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: len(receiver.spans) >= 2, timeout=10, what="a send span from each configuration")
+    assert sorted(span.resource["service.name"] for span in receiver.spans) == ["first", "second"]
