@@ -156,11 +156,17 @@ class MultiLevelCache:
         self._store: RedisStore | None = None
         self._leases: Leases | None = None
         self._listener: InvalidationListener | None = None
+        # Bumped by every invalidation this process hears: a value read from
+        # L2 before an invalidation must not be kept in L1 after it.
+        self._invalidations = 0
         if self._client is not None:
             self._store = RedisStore(self._client, namespace=namespace)
             self._leases = Leases(self._store, lease_ttl=self.lease_ttl)
             self._listener = InvalidationListener(
-                self._store, drop=self._drop_local, reset=self.l1.clear, retry_interval=self.retry_interval
+                self._store,
+                drop=self._drop_local,
+                reset=self._reset_local,
+                retry_interval=self.retry_interval,
             )
         self._last_failure = 0.0
         self._counts = dict.fromkeys(("l1_hits", "l2_hits", "misses", "errors", "computations", "waits"), 0)
@@ -176,6 +182,7 @@ class MultiLevelCache:
         self._check_key(key)
         store = self._usable_store()
         if store is not None:
+            generation = self._invalidations
             try:
                 found = store.get(key)
                 self.outage.succeeded()
@@ -183,7 +190,7 @@ class MultiLevelCache:
                 self._failed(error)
                 found = None
             if found is not None:
-                value = self._decode(key, *found)
+                value = self._decode(key, *found, generation)
                 if value is not MISSING:
                     self._count("l2_hits")
                     return value
@@ -204,6 +211,7 @@ class MultiLevelCache:
                 result[key] = value
         store = self._usable_store()
         if wanted and store is not None:
+            generation = self._invalidations
             try:
                 found = store.get_many(wanted)
                 self.outage.succeeded()
@@ -212,7 +220,7 @@ class MultiLevelCache:
                 found = [None] * len(wanted)
             for key, entry in zip(wanted, found, strict=True):
                 if entry is not None:
-                    value = self._decode(key, *entry)
+                    value = self._decode(key, *entry, generation)
                     if value is not MISSING:
                         result[key] = value
                         self._count("l2_hits")
@@ -340,13 +348,14 @@ class MultiLevelCache:
         skip_value = False
         try:
             while True:
+                generation = self._invalidations
                 turn = leases.begin(key, deadline=deadline, skip_value=skip_value)
                 if turn.waited:
                     waited = "value"
                 if turn.kind != "hit":
                     break
                 assert turn.data is not None
-                value = self._decode(key, turn.data, turn.ttl or -1)
+                value = self._decode(key, turn.data, turn.ttl or -1, generation)
                 if value is not MISSING:
                     self.outage.succeeded()
                     self._flights.resolve(key, flight, value)
@@ -397,14 +406,22 @@ class MultiLevelCache:
             # and another process can take the turn.
             leases.forget(key)
 
-    def _decode(self, key: str, data: bytes, ttl: int) -> Any:
+    def _decode(self, key: str, data: bytes, ttl: int, generation: int) -> Any:
+        """Decode a value read from L2 and fill L1 with it, unless an invalidation arrived meanwhile.
+
+        ``generation`` is ``_invalidations`` as it was before the read: if a
+        write elsewhere was announced since, the value read may already be
+        old, so it is returned but not kept in L1 (it would be served for up
+        to ``l1_ttl``).
+        """
         try:
             value = self.codec.decode(data)
         except UndecodableValue as error:
             self._count("errors")
             logger.warning("Cached value of %r is a miss: %s; it will be overwritten.", key, error)
             return MISSING
-        self.l1.set(key, value, ttl if ttl > 0 else None)
+        if generation == self._invalidations:
+            self.l1.set(key, value, ttl if ttl > 0 else None)
         return value
 
     def _usable_store(self) -> RedisStore | None:
@@ -432,8 +449,14 @@ class MultiLevelCache:
         self.outage.failed(error)
 
     def _drop_local(self, keys: list[str]) -> None:
+        # Counted first: a reader that read L2 before this must not fill L1 after it.
+        self._invalidations += 1
         for key in keys:
             self.l1.pop(key)
+
+    def _reset_local(self) -> None:
+        self._invalidations += 1
+        self.l1.clear()
 
     def _ttl(self, ttl: int | None) -> int:
         return self.l2_ttl if ttl is None else require_ms("ttl", ttl, allow_zero=False)

@@ -155,3 +155,29 @@ def test_a_forked_process_gets_its_own_invalidation_origin():
         assert cache._store.origin != before
     finally:
         cache.close()
+
+
+def test_a_value_read_before_an_invalidation_is_returned_but_not_kept_in_l1():
+    import fakeredis
+
+    from dramatiq_turbo.cache import MultiLevelCache
+    from dramatiq_turbo.cache.l1 import MISSING
+
+    cache = MultiLevelCache(redis=fakeredis.FakeRedis())
+    try:
+        cache.set("k", "v1")
+        cache.l1.pop("k")
+        read = cache._store.get
+
+        def racing_read(key):
+            found = read(key)
+            cache._drop_local([key])  # another process's write is announced during the read
+            return found
+
+        cache._store.get = racing_read
+        assert cache.get("k") == "v1"
+        assert cache.l1.get("k") is MISSING, "an old value must not be served from L1 for l1_ttl"
+        cache._store.get = read
+        assert cache.get("k") == "v1" and cache.l1.get("k") == "v1", "a quiet read fills L1 as before"
+    finally:
+        cache.close()
