@@ -62,20 +62,20 @@ def main() -> None:
         "set": {
             "one command per key": one_by_one_set,
             "pipeline": pipeline_set,
-            "batch_set": lambda: batch_set(client, items),
+            "batch_set (MULTI, SET PX x n, EXEC)": lambda: batch_set(client, items),
         },
         "set (no TTL)": {
             "one command per key": one_by_one_set_no_ttl,
-            "batch_set": lambda: batch_set(client, plain),
+            "batch_set (one MSET)": lambda: batch_set(client, plain),
         },
         "get": {
             "one command per key": one_by_one_get,
             "pipeline": pipeline_get,
-            "batch_get": lambda: batch_get(client, keys),
+            "batch_get (one MGET)": lambda: batch_get(client, keys),
         },
     }
     try:
-        batch_set(client, items[:1])  # loads the script
+        batch_set(client, items[:1])  # opens the pooled connection
         results: dict[tuple[str, str], list[float]] = {}
         for _ in range(ROUNDS):  # interleaved, so load on the machine hits every variant alike
             for op, variants in cases.items():

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from ..redis import batch_set_arguments, hash_key, load_script
+from ..redis import execute_transaction, hash_key, load_script, set_commands
 
 __all__ = ["RedisStore"]
 
@@ -95,26 +95,16 @@ class RedisStore:
         pipe.execute()
 
     def set_many(self, items: Sequence[tuple[str, bytes, int | None]]) -> None:
-        """Write every item and publish one invalidation: one round trip.
+        """Write every item, then publish one invalidation: one round trip.
 
-        The values go through ``batch_set``'s script (``EVALSHA``, same
-        arguments), queued in the same pipeline as the ``PUBLISH``.
+        The writes are ``batch_set``'s transaction (``MULTI``, one ``SET`` per
+        key, ``EXEC``); the ``PUBLISH`` follows it in the same write.
         """
-        script = load_script(self.client, "dramatiq_turbo", "batch_set.lua")
         keys = [self.value_key(key) for key, _, _ in items]
-        args = batch_set_arguments([data for _, data, _ in items], [ttl for _, _, ttl in items])
-        for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-            pipe.publish(self.channel, self.invalidation([key for key, _, _ in items]))
-            try:
-                pipe.execute()
-                return
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                # The server lost its scripts (restart, SCRIPT FLUSH): load once, write again.
-                self.client.script_load(script.script)
+        values = [data for _, data, _ in items]
+        ttls = [ttl for _, _, ttl in items]
+        invalidation = ("PUBLISH", self.channel, self.invalidation([key for key, _, _ in items]))
+        execute_transaction(self.client, set_commands(keys, values, ttls), len(keys), then=invalidation)
 
     def delete(self, keys: Sequence[str]) -> int:
         pipe = self.client.pipeline(transaction=False)

@@ -1,7 +1,9 @@
 """Counting what a Redis client sends: commands and round trips, in total and per thread.
 
 The proofs of "one round trip" and "few commands while waiting" count at the
-connection, below the code under test, so they cannot be fooled by it.
+socket, below the code under test and below redis-py, so they cannot be
+fooled by either: every byte written is parsed back into commands, and a
+round trip is counted each time the client starts reading after writing.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import hiredis
 import redis
 
 from dramatiq_turbo.redis import connect_redis
@@ -18,16 +21,54 @@ class Counts(threading.local):
     commands = 0
     round_trips = 0
     handshake = False
-    counted = False  # the command being sent was counted when it was packed
+
+
+class CountingSocket:
+    """Wraps a connected socket: parses what is written, notes when reading follows writing."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._requests = hiredis.Reader()
+        self._wrote = False
+
+    def sendall(self, data: Any) -> None:
+        counts = CountingConnection.per_thread
+        if not counts.handshake:
+            self._requests.feed(bytes(data))
+            commands = 0
+            while self._requests.gets() is not False:
+                commands += 1
+            CountingConnection.add(commands=commands)
+            self._wrote = True
+        self._sock.sendall(data)
+
+    def _reading(self) -> None:
+        if self._wrote:
+            self._wrote = False
+            CountingConnection.add(round_trips=1)
+
+    def recv(self, *args: Any) -> Any:
+        self._reading()
+        return self._sock.recv(*args)
+
+    def recv_into(self, *args: Any) -> Any:
+        self._reading()
+        return self._sock.recv_into(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
 
 
 class CountingConnection(redis.Connection):
-    """A ``redis.Connection`` that counts into class-wide and per-thread counters."""
+    """A ``redis.Connection`` whose socket counts into class-wide and per-thread counters."""
 
     lock = threading.Lock()
     total_commands = 0
     total_round_trips = 0
     per_thread = Counts()
+
+    def _connect(self) -> Any:
+        return CountingSocket(super()._connect())
 
     def on_connect_check_health(self, check_health: bool = True) -> None:
         # The handshake of a new pooled connection (CLIENT SETINFO, SELECT) is
@@ -37,43 +78,15 @@ class CountingConnection(redis.Connection):
             super().on_connect_check_health(check_health)
         finally:
             CountingConnection.per_thread.handshake = False
+            self._sock._wrote = False  # type: ignore[union-attr]
 
-    def send_command(self, *args: Any, **kwargs: Any) -> None:
-        self._count(1)
-        CountingConnection.per_thread.counted = True
-        try:
-            super().send_command(*args, **kwargs)
-        finally:
-            CountingConnection.per_thread.counted = False
-
-    def pack_commands(self, commands: Any) -> Any:
-        commands = list(commands)
-        self._count(len(commands), round_trip=False)
-        CountingConnection.per_thread.counted = True
-        return super().pack_commands(commands)
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        # One write of a pipeline, or of one command: one round trip.
-        cls = CountingConnection
-        if cls.per_thread.handshake:
-            super().send_packed_command(command, check_health)
-            return
-        if not cls.per_thread.counted:
-            self._count(1)  # one command packed by the caller (dramatiq_turbo.redis.execute_packed)
-        cls.per_thread.counted = False
+    @classmethod
+    def add(cls, *, commands: int = 0, round_trips: int = 0) -> None:
         with cls.lock:
-            cls.total_round_trips += 1
-        cls.per_thread.round_trips += 1
-        super().send_packed_command(command, check_health)
-
-    @staticmethod
-    def _count(n: int, round_trip: bool = True) -> None:
-        cls = CountingConnection
-        if cls.per_thread.handshake:
-            return
-        with cls.lock:
-            cls.total_commands += n
-        cls.per_thread.commands += n
+            cls.total_commands += commands
+            cls.total_round_trips += round_trips
+        cls.per_thread.commands += commands
+        cls.per_thread.round_trips += round_trips
 
     @classmethod
     def snapshot(cls) -> tuple[int, int]:

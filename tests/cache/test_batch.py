@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import fakeredis
 import pytest
+import redis
 
-from dramatiq_turbo import batch_get, batch_set
+from dramatiq_turbo import batch_get, batch_set, connect_redis
 from tests.cache.counting import CountingConnection, counting_client
 
 
@@ -46,11 +49,12 @@ def test_batch_get_refuses_a_single_key_string():
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("count", [1, 1_000, 20_000])
-def test_one_round_trip_for_any_number_of_keys(redis_url, redis_client, count):
+@pytest.mark.parametrize(("count", "expiring"), [(1, False), (1, True), (1_000, True), (20_000, True)])
+def test_one_round_trip_for_any_number_of_keys(redis_url, redis_client, count, expiring):
+    """Counted at the socket: the commands written, and how often the client waited for replies."""
     client = counting_client(redis_url)
-    batch_set(client, [("warm-up", b"x", 1_000)])  # the script is loaded once per server
-    items = [(f"bk:{i}", f"value-{i}", 60_000 if i % 2 else None) for i in range(count)]
+    client.ping()  # the connection's handshake is not part of the count
+    items = [(f"bk:{i}", f"value-{i}", 60_000 if expiring and i % 2 == 0 else None) for i in range(count)]
 
     before = CountingConnection.snapshot()
     assert batch_set(client, items) == count
@@ -58,26 +62,74 @@ def test_one_round_trip_for_any_number_of_keys(redis_url, redis_client, count):
     values = batch_get(client, [key for key, _, _ in items])
     after = CountingConnection.snapshot()
 
-    assert (middle[0] - before[0], middle[1] - before[1]) == (1, 1)  # one command, one round trip
-    assert (after[0] - middle[0], after[1] - middle[1]) == (1, 1)
+    # Nothing expires: one MSET.  Otherwise MULTI, one SET per key, EXEC: still one round trip.
+    commands = count + 2 if expiring else 1
+    assert (middle[0] - before[0], middle[1] - before[1]) == (commands, 1)
+    assert (after[0] - middle[0], after[1] - middle[1]) == (1, 1)  # one MGET
     assert values == [value.encode() for _, value, _ in items]
-    assert redis_client.pttl("bk:0") == -1
+    if expiring:
+        assert 0 < redis_client.pttl("bk:0") <= 60_000
+    else:
+        assert redis_client.pttl("bk:0") == -1
     if count > 1:
-        assert 0 < redis_client.pttl("bk:1") <= 60_000
+        assert redis_client.pttl("bk:1") == -1
 
 
 @pytest.mark.integration
-def test_scripts_are_reloaded_after_a_script_flush(spare_redis):
-    """On a private server: SCRIPT FLUSH would disturb everyone else's scripts on the shared one."""
-    from dramatiq_turbo.cache import MultiLevelCache
+def test_a_later_item_for_the_same_key_wins_and_clears_its_ttl(redis_client, redis_url):
+    client = connect_redis(redis_url)
+    batch_set(client, [("dup", b"first", 60_000), ("other", b"x", 5_000), ("dup", b"last", None)])
+    assert redis_client.get("dup") == b"last"
+    assert redis_client.pttl("dup") == -1
+    batch_set(client, [("dup", b"again", None), ("dup", b"expiring", 30_000)])
+    assert redis_client.get("dup") == b"expiring"
+    assert 0 < redis_client.pttl("dup") <= 30_000
 
-    client = counting_client(spare_redis.url)
-    batch_set(client, [("k", b"1", None)])
-    cache = MultiLevelCache(redis=client, namespace="flush")
-    cache.set_many({"a": 1})
-    client.script_flush()
-    assert batch_set(client, [("k", b"2", None)]) == 1
-    assert client.get("k") == b"2"
-    cache.set_many({"a": 2})
-    assert MultiLevelCache(redis=client, namespace="flush").get("a") == 2
-    cache.close()
+
+@pytest.mark.integration
+def test_readers_never_see_part_of_a_batch(redis_url, redis_client):
+    """The SETs run as one MULTI/EXEC: a reader polling the first and last keys always sees one version."""
+    client = connect_redis(redis_url)
+    keys = [f"atomic:{i}" for i in range(2_000)]
+    stop = threading.Event()
+    torn: list[list[bytes | None]] = []
+    reads = 0
+
+    def read() -> None:
+        nonlocal reads
+        reader = connect_redis(redis_url)
+        while not stop.is_set():
+            first, last = reader.mget(keys[0], keys[-1])
+            reads += 1
+            if first != last:
+                torn.append([first, last])
+
+    batch_set(client, [(key, b"0", 60_000) for key in keys])
+    thread = threading.Thread(target=read)
+    thread.start()
+    try:
+        for version in range(1, 60):
+            batch_set(client, [(key, str(version), 60_000) for key in keys])
+    finally:
+        stop.set()
+        thread.join()
+    assert reads > 50
+    assert torn == []
+
+
+@pytest.mark.integration
+def test_a_refused_batch_writes_nothing_and_names_the_reason(spare_redis):
+    """On a private server: its memory limit is lowered until every write is refused (OOM)."""
+    client = connect_redis(spare_redis.url)
+    client.set("before", b"kept")
+    client.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(redis.ResponseError, match="OOM"):
+            batch_set(client, [(f"oom:{i}", b"x" * 100, 60_000) for i in range(100)])
+    finally:
+        client.config_set("maxmemory", 0)
+    assert client.keys("oom:*") == []
+    assert client.get("before") == b"kept"
+    # The connection is still in step: the next batch goes through.
+    assert batch_set(client, [("after", b"ok", 60_000)]) == 1
+    assert client.get("after") == b"ok"
