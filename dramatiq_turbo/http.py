@@ -188,8 +188,51 @@ def pool_size() -> int:
     return (_worker_threads() or DEFAULT_THREADS) + pool_threads()
 
 
+class _BoundedWaitMixin:
+    """A connection pool on which a request waits for a free connection at most its read timeout.
+
+    urllib3 lets a blocking pool wait forever (``pool_timeout=None``) and
+    requests gives no way to set it, so a download with a 5 s deadline could
+    wait minutes behind slow transfers on every pooled connection.
+    """
+
+    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        timeout = kwargs.get("timeout")
+        if kwargs.get("pool_timeout") is None and isinstance(timeout, urllib3.Timeout):
+            kwargs["pool_timeout"] = timeout.read_timeout
+        return super().urlopen(method, url, *args, **kwargs)  # type: ignore[misc]
+
+
+class _BoundedWaitHTTPPool(_BoundedWaitMixin, urllib3.HTTPConnectionPool):
+    pass
+
+
+class _BoundedWaitHTTPSPool(_BoundedWaitMixin, urllib3.HTTPSConnectionPool):
+    pass
+
+
+class _PooledAdapter(HTTPAdapter):
+    """``HTTPAdapter`` whose pools bound the wait for a connection, reported as ``ConnectTimeout``."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {  # type: ignore[attr-defined]
+            "http": _BoundedWaitHTTPPool,
+            "https": _BoundedWaitHTTPSPool,
+        }
+
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
+        try:
+            return super().send(request, *args, **kwargs)
+        except urllib3.exceptions.EmptyPoolError as error:
+            # requests lets urllib3's own error through here; callers expect its timeouts.
+            raise requests.ConnectTimeout(
+                f"no pooled connection to {request.url} came free in time ({error})", request=request
+            ) from error
+
+
 def _adapter(size: int, retries: Retry | int) -> HTTPAdapter:
-    return HTTPAdapter(pool_connections=16, pool_maxsize=size, pool_block=True, max_retries=retries)
+    return _PooledAdapter(pool_connections=16, pool_maxsize=size, pool_block=True, max_retries=retries)
 
 
 def _build(size: int) -> _State:

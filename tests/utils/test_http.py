@@ -403,3 +403,45 @@ def test_credentials_follow_a_redirect_only_within_the_same_origin(http_server: 
     )
     assert body == b"arrived"
     assert seen == {"start": "Bearer SECRET", "same": "Bearer SECRET", "elsewhere": None, "cookie": None}
+
+
+def test_waiting_for_a_pooled_connection_keeps_the_deadline(
+    http_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the only pooled connection busy on a slow transfer, a download gives up at its deadline."""
+
+    @http_server.route("/drip")
+    def drip(request: BaseHTTPRequestHandler) -> None:
+        send_chunked(request, [b"."] * 30, pause=0.1)  # 3 s in all
+
+    monkeypatch.setenv("TURBO_HTTP_POOL_SIZE", "1")
+    url = f"{http_server.url}/drip"
+    slow = threading.Thread(target=download_file, args=(url,), kwargs={"timeout": 10_000})
+    slow.start()
+    try:
+        time.sleep(0.3)  # the slow download holds the pool's one connection
+        started = time.monotonic()
+        with pytest.raises(DownloadTimeout, match="600 ms"):
+            download_file(f"{http_server.url}/drip", timeout=600, max_retries=0)
+        assert time.monotonic() - started < 1.2
+    finally:
+        slow.join()
+    # Once the connection is free again, the pool serves the next download.
+    assert download_file(f"{http_server.url}/drip", timeout=10_000) == b"." * 30
+
+
+def test_session_reports_a_full_pool_as_a_requests_timeout(
+    http_server: LocalServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @http_server.route("/hold")
+    def hold(request: BaseHTTPRequestHandler) -> None:
+        send_chunked(request, [b"."] * 10, pause=0.1)
+
+    monkeypatch.setenv("TURBO_HTTP_POOL_SIZE", "1")
+    session = http_session()
+    held = session.get(f"{http_server.url}/hold", stream=True, timeout=5)
+    try:
+        with pytest.raises(requests.ConnectTimeout, match="no pooled connection"):
+            session.get(f"{http_server.url}/hold", timeout=(0.3, 0.3))
+    finally:
+        held.close()
