@@ -1,5 +1,5 @@
 -- begin: a single-flight turn for one cache key.
--- KEYS: value, lease, waiters.  ARGV: token, lease_ttl_ms, waiter_ttl_ms, skip_value ("1": the caller
+-- KEYS: value, lease, waiters (a set of waiting callers' tokens).  ARGV: token, lease_ttl_ms, waiter_ttl_ms, skip_value ("1": the caller
 -- could not decode the stored value and will overwrite it).
 -- Returns {1, value, pttl} (hit), {2} (the caller holds the lease and computes)
 -- or {3, lease_pttl} (another process computes: wait on the wake list).
@@ -12,6 +12,8 @@ end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return {2}
 end
-redis.call('INCR', KEYS[3])
+-- A set of waiter tokens, not a counter: a waiter that comes back after a
+-- timed-out BLPOP is still one waiter, and gets one wake-up.
+redis.call('SADD', KEYS[3], ARGV[1])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return {3, redis.call('PTTL', KEYS[2])}

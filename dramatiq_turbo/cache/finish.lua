@@ -15,7 +15,7 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
 end
 -- Wake every registered waiter: each re-reads the value, or takes the lease.
-local waiters = tonumber(redis.call('GET', KEYS[3]) or '0')
+local waiters = redis.call('SCARD', KEYS[3])
 redis.call('DEL', KEYS[3])
 if waiters > 0 then
   for _ = 1, waiters do

@@ -5,7 +5,7 @@ Each cache key ``k`` owns a few Redis keys that share the hash tag ``{k}``
 
 ``<ns>:{k}``          the encoded value, with its TTL
 ``<ns>:{k}:lease``    the single-flight lease (a random token, with a TTL)
-``<ns>:{k}:waiters``  how many waiters from other processes are blocked
+``<ns>:{k}:waiters``  the tokens of the waiters from other processes that are blocked
 ``<ns>:{k}:wake``     the list those waiters block on (``BLPOP``)
 
 Every write and delete publishes the key on ``<ns>:invalidate`` in the same

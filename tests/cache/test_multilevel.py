@@ -307,3 +307,28 @@ def test_a_waiter_in_another_process_computes_when_the_computer_fails(redis_url,
     # Woken when the computation failed, not after the lease expired (10 s).
     assert time.monotonic() - start < 2
     assert computer.get("k") == "computed by the waiter"
+
+
+@pytest.mark.integration
+def test_a_waiter_that_waits_several_rounds_is_registered_and_woken_once(redis_url, redis_client):
+    """The lease of another process is renewed while a waiter blocks on it round after round."""
+    from dramatiq_turbo.cache.singleflight import Leases
+    from dramatiq_turbo.cache.store import RedisStore
+    from dramatiq_turbo.redis import connect_redis
+
+    store = RedisStore(connect_redis(redis_url), namespace=harness.unique("turbo:cache"))
+    leases = Leases(store, lease_ttl=1_000)
+    value_key, lease_key, waiters_key, wake_key = store.flight_keys("k")
+    redis_client.set(lease_key, "other-process", px=150)
+    turns = []
+    waiter = threading.Thread(target=lambda: turns.append(leases.begin("k", deadline=time.monotonic() + 5)))
+    waiter.start()
+    for _ in range(5):  # each renewal outlives the waiter's blocking pop: it comes back and waits again
+        time.sleep(0.1)
+        redis_client.pexpire(lease_key, 150)
+    assert redis_client.scard(waiters_key) == 1
+    leases.finish("k", "other-process", b'"done"', 60_000)
+    waiter.join(timeout=5)
+    assert [turn.kind for turn in turns] == ["hit"]
+    assert redis_client.llen(wake_key) == 0  # one waiter, one wake-up: none left over
+    redis_client.delete(value_key, waiters_key, wake_key)
