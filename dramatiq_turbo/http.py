@@ -216,7 +216,7 @@ class _PooledAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {  # type: ignore[attr-defined]
+        self.poolmanager.pool_classes_by_scheme = {
             "http": _BoundedWaitHTTPPool,
             "https": _BoundedWaitHTTPSPool,
         }

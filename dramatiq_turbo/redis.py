@@ -12,15 +12,15 @@ import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
-from itertools import islice, repeat
+from itertools import repeat
 from typing import Any, NoReturn
 
-import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
-from redis.connection import AbstractConnection
 from redis.retry import Retry
+
+from .packed import execute_packed, execute_transaction
 
 __all__ = [
     "RedisLike",
@@ -255,152 +255,6 @@ def set_commands(
         ("SET", key, value) if ttl is None else ("SET", key, value, "PX", ttl)
         for key, value, ttl in zip(keys, values, ttls, strict=True)
     )
-
-
-def execute_transaction(
-    client: redis.Redis,
-    commands: Iterable[tuple[Any, ...]],
-    count: int,
-    *,
-    then: tuple[Any, ...] | None = None,
-) -> Any:
-    """Run ``count`` commands that reply ``OK`` (``SET``, ``MSET``) as one transaction, in one round trip.
-
-    ``MULTI``, the commands, ``EXEC`` and then the command ``then`` (outside
-    the transaction) are packed by hiredis and written back to back, and the
-    replies are read once they have all been sent.  When the replies begin
-    with the bytes every success gives, they are checked as one comparison;
-    otherwise each is parsed, to raise the server's reason.
-    Like ``connect_redis``'s clients this never retries: a connection or
-    timeout error drops the connection and is raised.
-
-    Parameters:
-      client(redis.Redis): The client whose pool to use.
-      commands: The commands, each a tuple of the command and its arguments
-        (str, bytes, int or float).
-      count(int): How many commands there are.
-      then(tuple): A command to run once the transaction has been applied.
-
-    Returns:
-      The reply of ``then``, or ``None``.
-
-    Raises:
-      redis.ResponseError: the first error the server replied (a command
-        refused while queued aborts the whole transaction).
-    """
-    packed = map(hiredis.pack_command, commands)
-    expected = b"+OK\r\n" + b"+QUEUED\r\n" * count + b"*%d\r\n" % count + b"+OK\r\n" * count
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        # Written a slice at a time, so the server queues the first commands
-        # while the next ones are being packed; one bytes object per write,
-        # since redis-py makes one system call per item it is given.
-        send = connection.send_packed_command
-        send([b"".join([_MULTI, *islice(packed, _FIRST_WRITE)])])  # type: ignore[no-untyped-call]
-        while chunk := b"".join(islice(packed, _WRITE)):
-            send([chunk])  # type: ignore[no-untyped-call]
-        send([b"".join([_EXEC, *([hiredis.pack_command(then)] if then else [])])])  # type: ignore[no-untyped-call]
-        replies = _read_replies(connection, expected, count + 2, count + 2 + (then is not None))
-    except (redis.ConnectionError, redis.TimeoutError):
-        connection.disconnect()  # type: ignore[no-untyped-call]
-        raise
-    finally:
-        pool.release(connection)
-    for reply in replies:
-        for part in reply if isinstance(reply, list) else (reply,):
-            if isinstance(part, redis.ResponseError):
-                raise part
-    return replies[-1] if then else None
-
-
-_MULTI = hiredis.pack_command(("MULTI",))
-#: Commands in the first write and in each one after it: the server starts
-#: early, and each later write still carries tens of kilobytes.
-_FIRST_WRITE = 64
-_WRITE = 256
-_EXEC = hiredis.pack_command(("EXEC",))
-
-
-def _read_replies(connection: Any, expected: bytes, covered: int, total: int) -> list[Any]:
-    """Read ``total`` replies; when the stream starts with ``expected``, the ``covered`` replies
-    it encodes (all successes) are compared as bytes instead of parsed, and left out of the result.
-
-    Errors are returned as ``redis.ResponseError`` instances.
-    """
-    sock = getattr(connection, "_sock", None)
-    if not isinstance(connection, AbstractConnection) or not hasattr(sock, "recv"):
-        # No real socket (fakeredis), or a connection that is a proxy (redis-py's
-        # client-side cache, which needs every push it gets): redis-py's parser.
-        return _parse_replies(connection, total)
-    # The connection is idle (its parser holds nothing) and its socket has
-    # the client's timeout set: the replies are read from it directly.
-    received = bytearray()
-    while len(received) < len(expected) and received == expected[: len(received)]:
-        received += _receive(sock)
-    reader = hiredis.Reader(replyError=redis.ResponseError)
-    if received[: len(expected)] == expected:
-        reader.feed(bytes(received[len(expected) :]))
-        total -= covered
-    else:
-        reader.feed(bytes(received))
-    replies: list[Any] = []
-    while len(replies) < total:
-        reply = reader.gets()
-        if reply is False:
-            reader.feed(_receive(sock))
-        elif not isinstance(reply, hiredis.PushNotification):
-            # (RESP3 may put a push between replies; with no client-side cache,
-            # it can only be a server notice, and is not a reply.)
-            replies.append(reply)
-    return replies
-
-
-def _parse_replies(connection: Any, total: int) -> list[Any]:
-    replies: list[Any] = []
-    for _ in range(total):
-        try:
-            replies.append(connection.read_response())
-        except redis.ResponseError as error:
-            replies.append(error)
-    return replies
-
-
-def _receive(sock: Any) -> bytes:
-    try:
-        data: bytes = sock.recv(65536)
-    except TimeoutError:
-        raise redis.TimeoutError("Timeout reading from the Redis server") from None
-    except OSError as error:
-        raise redis.ConnectionError(f"Error reading from the Redis server: {error}") from None
-    if not data:
-        raise redis.ConnectionError("Connection closed by the Redis server")
-    return data
-
-
-def execute_packed(client: redis.Redis, command: tuple[Any, ...]) -> Any:
-    """Run one command of many arguments, packed by hiredis in one C call, and return its reply.
-
-    redis-py converts each argument in Python before packing (about 0.3 µs
-    an argument here), which for a batch of thousands of keys costs more
-    than the server's work.  This sends the same bytes on one pooled
-    connection and, like ``connect_redis``'s clients, never retries: a
-    connection or timeout error drops the connection and is raised.
-
-    Parameters:
-      client(redis.Redis): The client whose pool to use.
-      command(tuple): The command and its arguments (str, bytes, int or float).
-    """
-    pool = client.connection_pool
-    connection = pool.get_connection()
-    try:
-        connection.send_packed_command([hiredis.pack_command(command)])  # type: ignore[no-untyped-call]
-        return connection.read_response()
-    except (redis.ConnectionError, redis.TimeoutError):
-        connection.disconnect()  # type: ignore[no-untyped-call]
-        raise
-    finally:
-        pool.release(connection)
 
 
 _KEY_TYPES = {str, bytes}

@@ -118,7 +118,7 @@ def test_connect_redis_fails_fast_while_the_server_is_down_and_recovers(spare_re
 
 @pytest.mark.integration
 def test_execute_packed_runs_one_command_and_never_retries(spare_redis):
-    from dramatiq_turbo.redis import execute_packed
+    from dramatiq_turbo.packed import execute_packed
 
     client = connect_redis(spare_redis.url, connect_timeout=500)
     assert execute_packed(client, ("MSET", "a", "1", "b", 2, "c", 2.5)) == b"OK"
@@ -130,3 +130,38 @@ def test_execute_packed_runs_one_command_and_never_retries(spare_redis):
         execute_packed(client, ("MGET", "a"))
     spare_redis.start()
     assert execute_packed(client, ("MGET", "a")) == [None]  # a new server: empty, and the pool reconnected
+
+
+@pytest.mark.integration
+def test_execute_pipeline_returns_errors_in_place_and_stays_in_step(spare_redis):
+    from dramatiq_turbo.packed import execute_pipeline, execute_transaction
+
+    client = connect_redis(spare_redis.url, connect_timeout=500)
+    commands = [("SET", f"p{i}", i) for i in range(2_000)] + [("LPUSH", "p0", "x"), ("INCR", "p1")]
+    replies = execute_pipeline(client, commands, len(commands))
+    assert replies[:2_000] == [b"OK"] * 2_000
+    assert isinstance(replies[2_000], redis.ResponseError) and "WRONGTYPE" in str(replies[2_000])
+    assert replies[2_001] == 2
+    assert client.get("p1999") == b"1999"  # the connection is still in step
+    assert execute_transaction(client, [("SET", "t", "1")], 1, then=("PUBLISH", "nobody", "x")) == 0
+    spare_redis.stop()
+    with pytest.raises(redis.ConnectionError):
+        execute_pipeline(client, [("GET", "t")], 1)
+    spare_redis.start()
+    assert execute_pipeline(client, [("GET", "t")], 1) == [None]  # a new server, and the pool reconnected
+
+
+def test_packed_helpers_fall_back_to_the_parser_without_a_socket():
+    """fakeredis connections have no socket of their own: replies go through redis-py's parser."""
+    import fakeredis
+
+    from dramatiq_turbo.packed import execute_pipeline, execute_transaction
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    execute_transaction(client, [("SET", "a", "1"), ("SET", "b", "2", "PX", 10_000)], 2)
+    replies = execute_pipeline(client, [("GET", "a"), ("PTTL", "b"), ("LPUSH", "a", "x")], 3)
+    assert replies[:2] == [b"1", 10_000]
+    assert isinstance(replies[2], redis.ResponseError)
+    with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
+        execute_transaction(client, [("SET", "c", "1"), ("SET", "d")], 2)
+    assert client.get("c") is None  # the transaction was aborted as a whole

@@ -17,12 +17,14 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
+from itertools import repeat
 from typing import Any
 
 import redis
 from redis.exceptions import NoScriptError
 
-from ..redis import execute_transaction, hash_key, load_script, set_commands
+from ..packed import execute_pipeline, execute_transaction
+from ..redis import hash_key, load_script, set_commands
 
 __all__ = ["RedisStore"]
 
@@ -80,11 +82,12 @@ class RedisStore:
     def get_many(self, keys: Sequence[str]) -> list[tuple[bytes, int] | None]:
         """``get`` for many keys in one round trip: one ``MGET`` and one ``PTTL`` per key."""
         names = [self.value_key(key) for key in keys]
-        pipe = self.client.pipeline(transaction=False)
-        pipe.mget(names)
-        for name in names:
-            pipe.pttl(name)
-        values, *ttls = pipe.execute()
+        commands = [("MGET", *names), *zip(repeat("PTTL"), names)]
+        replies = execute_pipeline(self.client, commands, len(commands))
+        for reply in replies:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        values, *ttls = replies
         return [None if value is None else (value, int(ttl)) for value, ttl in zip(values, ttls, strict=True)]
 
     # Writes ----------------------------------------------------------------

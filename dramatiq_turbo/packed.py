@@ -1,0 +1,201 @@
+"""Many Redis commands in one round trip, packed by hiredis instead of redis-py.
+
+redis-py packs each command, and parses each reply, in Python: about 0.3 µs
+per argument and several µs per command here.  For a batch of thousands of
+keys that costs more than the server's work, which is why a plain pipeline
+of 1,000 commands is only about 12x faster than 1,000 round trips.  These
+helpers pack with hiredis over C iterators, write the commands in slices so
+the server starts on the first while the rest are being packed, and read
+every reply after the last write: one round trip.
+
+Like ``connect_redis``'s clients they never retry: a connection or timeout
+error drops the connection and is raised, since the commands may have run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from itertools import islice
+from typing import Any
+
+import hiredis
+import redis
+from redis.connection import AbstractConnection
+
+__all__ = ["execute_packed", "execute_pipeline", "execute_transaction"]
+
+_MULTI = hiredis.pack_command(("MULTI",))
+_EXEC = hiredis.pack_command(("EXEC",))
+#: Commands in the first write and in each one after it: the server starts
+#: early, and each later write still carries tens of kilobytes.
+_FIRST_WRITE = 64
+_WRITE = 256
+
+
+def execute_packed(client: redis.Redis, command: tuple[Any, ...]) -> Any:
+    """Run one command of many arguments (an ``MSET``, an ``MGET``), packed in one C call.
+
+    Parameters:
+      client(redis.Redis): The client whose pool to use.
+      command(tuple): The command and its arguments (str, bytes, int or float).
+
+    Returns:
+      The command's reply.
+
+    Raises:
+      redis.ResponseError: the server's error reply.
+    """
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        connection.send_packed_command([hiredis.pack_command(command)])  # type: ignore[no-untyped-call]
+        return connection.read_response()
+    except (redis.ConnectionError, redis.TimeoutError):
+        connection.disconnect()  # type: ignore[no-untyped-call]
+        raise
+    finally:
+        pool.release(connection)
+
+
+def execute_pipeline(client: redis.Redis, commands: Iterable[tuple[Any, ...]], count: int) -> list[Any]:
+    """Run ``count`` commands back to back and return their replies, in one round trip.
+
+    Parameters:
+      client(redis.Redis): The client whose pool to use.
+      commands: The commands, each a tuple of the command and its arguments
+        (str, bytes, int or float).
+      count(int): How many commands there are.
+
+    Returns:
+      list: One raw reply per command, in order; an error reply is returned
+      as its ``redis.ResponseError``, not raised (the other commands ran).
+    """
+    return _exchange(client, map(hiredis.pack_command, commands), total=count)
+
+
+def execute_transaction(
+    client: redis.Redis,
+    commands: Iterable[tuple[Any, ...]],
+    count: int,
+    *,
+    then: tuple[Any, ...] | None = None,
+) -> Any:
+    """Run ``count`` commands that reply ``OK`` (``SET``, ``MSET``) as one transaction, in one round trip.
+
+    ``MULTI``, the commands, ``EXEC`` and then the command ``then`` (outside
+    the transaction) are written back to back.  When the replies begin with
+    the bytes that every success gives, they are checked as one comparison;
+    otherwise each is parsed, to raise the server's reason.
+
+    Parameters:
+      client(redis.Redis): The client whose pool to use.
+      commands: The commands, each a tuple of the command and its arguments.
+      count(int): How many commands there are.
+      then(tuple): A command to run once the transaction has been applied.
+
+    Returns:
+      The reply of ``then``, or ``None``.
+
+    Raises:
+      redis.ResponseError: the first error the server replied (a command
+        refused while queued, ``OOM`` for example, aborts the whole transaction).
+    """
+    replies = _exchange(
+        client,
+        map(hiredis.pack_command, commands),
+        head=_MULTI,
+        tail=_EXEC + (hiredis.pack_command(then) if then else b""),
+        expected=b"+OK\r\n" + b"+QUEUED\r\n" * count + b"*%d\r\n" % count + b"+OK\r\n" * count,
+        covered=count + 2,
+        total=count + 2 + (then is not None),
+    )
+    for reply in replies:
+        for part in reply if isinstance(reply, list) else (reply,):
+            if isinstance(part, redis.ResponseError):
+                raise part
+    return replies[-1] if then else None
+
+
+def _exchange(
+    client: redis.Redis,
+    packed: Iterator[bytes],
+    *,
+    total: int,
+    head: bytes = b"",
+    tail: bytes = b"",
+    expected: bytes = b"",
+    covered: int = 0,
+) -> list[Any]:
+    """Write ``head``, the packed commands and ``tail``, then read ``total`` replies.
+
+    When the replies start with ``expected``, the ``covered`` replies it
+    encodes (all successes) are compared as bytes instead of parsed, and
+    left out of the result.
+    """
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        # One bytes object per write: redis-py makes one system call per item it is given.
+        send = connection.send_packed_command
+        send([b"".join([head, *islice(packed, _FIRST_WRITE)])])  # type: ignore[no-untyped-call]
+        while chunk := b"".join(islice(packed, _WRITE)):
+            send([chunk])  # type: ignore[no-untyped-call]
+        if tail:
+            send([tail])  # type: ignore[no-untyped-call]
+        return _read_replies(connection, expected, covered, total)
+    except (redis.ConnectionError, redis.TimeoutError):
+        connection.disconnect()  # type: ignore[no-untyped-call]
+        raise
+    finally:
+        pool.release(connection)
+
+
+def _read_replies(connection: Any, expected: bytes, covered: int, total: int) -> list[Any]:
+    sock = getattr(connection, "_sock", None)
+    if not isinstance(connection, AbstractConnection) or not hasattr(sock, "recv"):
+        # No real socket (fakeredis), or a proxy connection (redis-py's
+        # client-side cache, which needs every push it gets): redis-py's parser.
+        return _parse_replies(connection, total)
+    # The connection is idle (its parser holds nothing) and its socket has
+    # the client's timeout set: the replies are read from it directly.
+    received = bytearray()
+    while len(received) < len(expected) and received == expected[: len(received)]:
+        received += _receive(sock)
+    reader = hiredis.Reader(replyError=redis.ResponseError)
+    if expected and received[: len(expected)] == expected:
+        reader.feed(bytes(received[len(expected) :]))
+        total -= covered
+    elif received:
+        reader.feed(bytes(received))
+    replies: list[Any] = []
+    while len(replies) < total:
+        reply = reader.gets()
+        if reply is False:
+            reader.feed(_receive(sock))
+        elif not isinstance(reply, hiredis.PushNotification):
+            # RESP3 may put a push between replies; with no client-side cache
+            # it can only be a server notice, not a reply.
+            replies.append(reply)
+    return replies
+
+
+def _parse_replies(connection: Any, total: int) -> list[Any]:
+    replies: list[Any] = []
+    for _ in range(total):
+        try:
+            replies.append(connection.read_response())
+        except redis.ResponseError as error:
+            replies.append(error)
+    return replies
+
+
+def _receive(sock: Any) -> bytes:
+    try:
+        data: bytes = sock.recv(65536)
+    except TimeoutError:
+        raise redis.TimeoutError("Timeout reading from the Redis server") from None
+    except OSError as error:
+        raise redis.ConnectionError(f"Error reading from the Redis server: {error}") from None
+    if not data:
+        raise redis.ConnectionError("Connection closed by the Redis server")
+    return data
