@@ -159,11 +159,16 @@ def _read_replies(connection: Any, expected: bytes, covered: int, total: int) ->
     # The connection is idle (its parser holds nothing) and its socket has
     # the client's timeout set: the replies are read from it directly.
     received = bytearray()
-    while len(received) < len(expected) and received == expected[: len(received)]:
+    matched = 0  # how many bytes of ``expected`` have arrived, as expected
+    while matched < len(expected):
         received += _receive(sock)
+        end = min(len(received), len(expected))
+        if received[matched:end] != expected[matched:end]:
+            break
+        matched = end
     reader = hiredis.Reader(replyError=redis.ResponseError)
-    if expected and received[: len(expected)] == expected:
-        reader.feed(bytes(received[len(expected) :]))
+    if expected and matched == len(expected):
+        reader.feed(bytes(received[matched:]))
         total -= covered
     elif received:
         reader.feed(bytes(received))
