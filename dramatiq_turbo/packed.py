@@ -14,13 +14,23 @@ error drops the connection and is raised, since the commands may have run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
 import hiredis
 import redis
 from redis.connection import AbstractConnection
+
+try:
+    # redis-py's own mapping of error replies to exception classes
+    # (OutOfMemoryError, ReadOnlyError, NoPermissionError, ...).
+    from redis._parsers import BaseParser
+
+    _error_from_reply: Callable[[str], Exception] = BaseParser.parse_error
+except ImportError:  # pragma: no cover - redis-py moved its parsers
+    _error_from_reply = redis.ResponseError
 
 __all__ = ["execute_packed", "execute_pipeline", "execute_transaction"]
 
@@ -30,6 +40,8 @@ _EXEC = hiredis.pack_command(("EXEC",))
 #: early, and each later write still carries tens of kilobytes.
 _FIRST_WRITE = 64
 _WRITE = 256
+#: What hiredis.Reader.gets() returns when it needs more bytes (``False`` is a RESP3 reply).
+_MORE = object()
 
 
 def execute_packed(client: redis.Redis, command: tuple[Any, ...]) -> Any:
@@ -45,7 +57,7 @@ def execute_packed(client: redis.Redis, command: tuple[Any, ...]) -> Any:
     Raises:
       redis.ResponseError: the server's error reply.
     """
-    pool = client.connection_pool
+    pool = _pool_of(client)
     connection = pool.get_connection()
     try:
         connection.send_packed_command([hiredis.pack_command(command)])  # type: ignore[no-untyped-call]
@@ -100,6 +112,7 @@ def execute_transaction(
       redis.ResponseError: the first error the server replied (a command
         refused while queued, ``OOM`` for example, aborts the whole transaction).
     """
+    total = count + 2 + (then is not None)
     replies = _exchange(
         client,
         map(hiredis.pack_command, commands),
@@ -107,12 +120,19 @@ def execute_transaction(
         tail=_EXEC + (hiredis.pack_command(then) if then else b""),
         expected=b"+OK\r\n" + b"+QUEUED\r\n" * count + b"*%d\r\n" % count + b"+OK\r\n" * count,
         covered=count + 2,
-        total=count + 2 + (then is not None),
+        total=total,
     )
     for reply in replies:
         for part in reply if isinstance(reply, list) else (reply,):
             if isinstance(part, redis.ResponseError):
                 raise part
+    if len(replies) == total:  # parsed one by one: the transaction's own reply must be there
+        executed = replies[count + 1]
+        if executed is None:
+            # Only a WATCH (left on the pooled connection by someone) aborts an EXEC this way.
+            raise redis.WatchError("the transaction was not applied: a watched key changed")
+        if not isinstance(executed, list) or len(executed) != count:
+            raise redis.ResponseError(f"unexpected reply to EXEC of {count} commands: {executed!r}")
     return replies[-1] if then else None
 
 
@@ -132,22 +152,39 @@ def _exchange(
     encodes (all successes) are compared as bytes instead of parsed, and
     left out of the result.
     """
-    pool = client.connection_pool
+    pool = _pool_of(client)
     connection = pool.get_connection()
     try:
-        # One bytes object per write: redis-py makes one system call per item it is given.
+        # The health check (a PING when the connection has been idle) runs
+        # before the first write only: between two slices it would land
+        # inside the transaction.  One bytes object per write, since
+        # redis-py makes one system call per item it is given.
         send = connection.send_packed_command
         send([b"".join([head, *islice(packed, _FIRST_WRITE)])])  # type: ignore[no-untyped-call]
         while chunk := b"".join(islice(packed, _WRITE)):
-            send([chunk])  # type: ignore[no-untyped-call]
+            send([chunk], check_health=False)  # type: ignore[no-untyped-call]
         if tail:
-            send([tail])  # type: ignore[no-untyped-call]
-        return _read_replies(connection, expected, covered, total)
-    except (redis.ConnectionError, redis.TimeoutError):
+            send([tail], check_health=False)  # type: ignore[no-untyped-call]
+        replies = _read_replies(connection, expected, covered, total)
+    except BaseException:
+        # Whatever stopped us (a dropped connection, a value hiredis cannot
+        # pack, Dramatiq's TimeLimitExceeded), replies may be unread or a
+        # MULTI left open: this connection must not serve anyone else.
         connection.disconnect()  # type: ignore[no-untyped-call]
         raise
     finally:
         pool.release(connection)
+    return replies
+
+
+def _pool_of(client: redis.Redis) -> redis.ConnectionPool:
+    pool: redis.ConnectionPool | None = getattr(client, "connection_pool", None)
+    if pool is None:
+        raise TypeError(
+            f"{type(client).__name__} is not supported: batches need a redis.Redis client "
+            "(on Redis Cluster the keys of one batch may live on different nodes)"
+        )
+    return pool
 
 
 def _read_replies(connection: Any, expected: bytes, covered: int, total: int) -> list[Any]:
@@ -166,7 +203,7 @@ def _read_replies(connection: Any, expected: bytes, covered: int, total: int) ->
         if received[matched:end] != expected[matched:end]:
             break
         matched = end
-    reader = hiredis.Reader(replyError=redis.ResponseError)
+    reader = hiredis.Reader(replyError=_error_from_reply, notEnoughData=_MORE)
     if expected and matched == len(expected):
         reader.feed(bytes(received[matched:]))
         total -= covered
@@ -175,13 +212,25 @@ def _read_replies(connection: Any, expected: bytes, covered: int, total: int) ->
     replies: list[Any] = []
     while len(replies) < total:
         reply = reader.gets()
-        if reply is False:
+        if reply is _MORE:
             reader.feed(_receive(sock))
         elif not isinstance(reply, hiredis.PushNotification):
             # RESP3 may put a push between replies; with no client-side cache
             # it can only be a server notice, not a reply.
             replies.append(reply)
+    if reader.has_data() or any(_is_read_only(reply) for reply in replies):
+        # Bytes past the last reply (a push) belong to nobody now; a replica's
+        # READONLY means the pool must find the new master (Sentinel): start afresh.
+        connection.disconnect()  # type: ignore[no-untyped-call]
+    elif connection.health_check_interval:
+        # redis-py moves this on in its own reads only; the connection was just used.
+        connection.next_health_check = time.monotonic() + connection.health_check_interval  # type: ignore[assignment]
     return replies
+
+
+def _is_read_only(reply: Any) -> bool:
+    parts = reply if isinstance(reply, list) else (reply,)
+    return any(isinstance(part, redis.ReadOnlyError) for part in parts)
 
 
 def _parse_replies(connection: Any, total: int) -> list[Any]:

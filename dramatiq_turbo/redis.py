@@ -195,8 +195,9 @@ def batch_set(client: redis.Redis, items: Iterable[BatchItem]) -> int:
     them are ``OK`` as they are when nothing fails, are checked as one byte
     string.  The writes run as one ``MULTI``/``EXEC`` transaction: readers
     see all of the batch or none of it.  A batch in which nothing expires is
-    one plain ``MSET``.  On Redis Cluster all keys must share one hash slot
-    (name them with ``hash_key``).
+    one plain ``MSET``.  ``RedisCluster`` clients are not supported; with a
+    client of one cluster node, all keys must share one hash slot (name them
+    with ``hash_key``).
 
     Parameters:
       client(redis.Redis): The client to write with.
@@ -209,9 +210,11 @@ def batch_set(client: redis.Redis, items: Iterable[BatchItem]) -> int:
       int: How many keys were written.
 
     Raises:
-      ValueError: naming the item, when a key, value or TTL is not valid.
+      ValueError: naming the item, when a key, value or TTL is not valid;
+        nothing is sent.
       redis.ResponseError: the server's reason, when it refused the batch
-        (for example ``OOM``); then nothing was written.
+        (for example ``OutOfMemoryError``); then nothing was written.
+      TypeError: for a client without a connection pool (``RedisCluster``).
     """
     items = list(items)
     if not items:
@@ -231,6 +234,7 @@ def batch_set(client: redis.Redis, items: Iterable[BatchItem]) -> int:
         or not set(map(type, values)) <= _VALUE_TYPES
         or not set(map(type, ttls)) <= _TTL_TYPES
         or min((ttl for ttl in ttls if ttl is not None), default=1) <= 0
+        or max((ttl for ttl in ttls if ttl is not None), default=1) > MAX_TTL
     ):
         _reject(items)
     if not any(ttls):
@@ -257,6 +261,11 @@ def set_commands(
     )
 
 
+#: The longest TTL ``batch_set`` accepts, in ms (about 31,700 years): Redis
+#: refuses one that overflows when added to its clock, and it would refuse it
+#: only when the transaction runs, after the other keys were written.
+MAX_TTL = 10**15
+
 _KEY_TYPES = {str, bytes}
 _VALUE_TYPES = {bytes, str, int, float}
 _TTL_TYPES = {int, type(None)}
@@ -271,6 +280,8 @@ def _reject(items: list[Any]) -> NoReturn:
 
 def _check_item(index: int, item: Any) -> None:
     try:
+        if isinstance(item, str | bytes):
+            raise TypeError  # "abc" would unpack into three characters
         key, value, ttl = item
     except (TypeError, ValueError):
         raise ValueError(
@@ -283,10 +294,10 @@ def _check_item(index: int, item: Any) -> None:
             f"batch_set item {index} ({key!r}): the value must be bytes, str, int or float, "
             f"got {type(value).__name__}"
         )
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0):
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_TTL):
         raise ValueError(
-            f"batch_set item {index} ({key!r}): ttl must be a positive int of milliseconds or None, "
-            f"got {ttl!r}"
+            f"batch_set item {index} ({key!r}): ttl must be a positive int of milliseconds "
+            f"(at most {MAX_TTL:,}) or None, got {ttl!r}"
         )
 
 

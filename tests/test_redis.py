@@ -165,3 +165,95 @@ def test_packed_helpers_fall_back_to_the_parser_without_a_socket():
     with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
         execute_transaction(client, [("SET", "c", "1"), ("SET", "d")], 2)
     assert client.get("c") is None  # the transaction was aborted as a whole
+
+
+class _Interrupted(BaseException):
+    """Stands for Dramatiq's TimeLimitExceeded or Shutdown, raised in a worker thread at any point."""
+
+
+@pytest.mark.integration
+def test_a_batch_stopped_half_way_never_leaves_its_connection_to_the_next_caller(redis_url, monkeypatch):
+    from dramatiq_turbo import packed
+
+    client = connect_redis(redis_url, max_connections=1)  # one connection: the next caller gets the same
+    client.set("victim", "real-value")
+
+    # Interrupted while waiting for the replies: they are still on their way.
+    def interrupted(sock):
+        raise _Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(packed, "_receive", interrupted)
+        with pytest.raises(_Interrupted):
+            packed.execute_transaction(client, [("SET", f"i{i}", i) for i in range(500)], 500)
+    assert client.get("victim") == b"real-value"
+
+    # A value that cannot be packed, after MULTI and a first slice were sent.
+    commands = [("SET", f"j{i}", i) for i in range(200)] + [("SET", "bad", None)]
+    with pytest.raises(TypeError):
+        packed.execute_transaction(client, commands, len(commands))
+    assert client.get("victim") == b"real-value"
+    assert client.exists("j0") == 0  # the transaction was never executed
+    client.delete("victim", *[f"i{i}" for i in range(500)])
+
+
+@pytest.mark.integration
+def test_a_health_check_never_lands_inside_the_transaction(redis_url, redis_client):
+    """A health check falls due between two slices: it must run before the first, or not at all."""
+    from dramatiq_turbo.packed import execute_transaction
+
+    client = connect_redis(redis_url, health_check_interval=1_000)  # ms (redis-py counts whole seconds)
+
+    def slow_commands():
+        for i in range(1_000):
+            if i == 500:
+                time.sleep(1.1)  # the check falls due while the slices are being written
+            yield ("SET", f"hc{i}", i)
+
+    client.ping()
+    time.sleep(1.1)  # and it is due already at the first write
+    execute_transaction(client, slow_commands(), 1_000)
+    assert redis_client.get("hc999") == b"999"
+    redis_client.delete(*[f"hc{i}" for i in range(1_000)])
+
+
+@pytest.mark.integration
+def test_a_transaction_aborted_by_a_watch_raises_and_writes_nothing(redis_url, redis_client):
+    from dramatiq_turbo import batch_set
+
+    client = connect_redis(redis_url, max_connections=1)
+    connection = client.connection_pool.get_connection()
+    connection.send_command("WATCH", "watched")  # left behind by someone else's code
+    assert connection.read_response() in (b"OK", "OK")
+    client.connection_pool.release(connection)
+    redis_client.set("watched", "changed")
+    with pytest.raises(redis.WatchError):
+        batch_set(client, [("watched", b"mine", 60_000), ("other", b"mine", 60_000)])
+    assert redis_client.get("watched") == b"changed"
+    assert redis_client.exists("other") == 0
+    redis_client.delete("watched")
+
+
+@pytest.mark.integration
+def test_a_resp3_false_reply_is_a_reply(redis_url):
+    from dramatiq_turbo.packed import execute_pipeline
+
+    client = connect_redis(redis_url)
+    started = time.monotonic()
+    assert execute_pipeline(client, [("EVAL", "redis.setresp(3); return false", 0), ("PING",)], 2) in (
+        [False, b"PONG"],
+        [None, b"PONG"],  # a RESP2 connection
+    )
+    assert time.monotonic() - started < 1
+
+
+def test_a_cluster_client_is_refused_with_a_clear_error():
+    from dramatiq_turbo import batch_get, batch_set
+
+    class ClusterLike:  # like redis.RedisCluster: no connection pool of its own
+        pass
+
+    with pytest.raises(TypeError, match="ClusterLike is not supported"):
+        batch_set(ClusterLike(), [("a", b"1", 1_000)])
+    with pytest.raises(TypeError, match="ClusterLike is not supported"):
+        batch_get(ClusterLike(), ["a"])
