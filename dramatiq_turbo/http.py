@@ -211,15 +211,21 @@ class _BoundedWaitHTTPSPool(_BoundedWaitMixin, urllib3.HTTPSConnectionPool):
     pass
 
 
+_BOUNDED_WAIT_POOLS = {"http": _BoundedWaitHTTPPool, "https": _BoundedWaitHTTPSPool}
+
+
 class _PooledAdapter(HTTPAdapter):
     """``HTTPAdapter`` whose pools bound the wait for a connection, reported as ``ConnectTimeout``."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _BoundedWaitHTTPPool,
-            "https": _BoundedWaitHTTPSPool,
-        }
+        self.poolmanager.pool_classes_by_scheme = _BOUNDED_WAIT_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is urllib3.ProxyManager:  # (a SOCKS manager keeps its own pool classes)
+            manager.pool_classes_by_scheme = _BOUNDED_WAIT_POOLS
+        return manager
 
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         try:

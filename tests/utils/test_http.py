@@ -445,3 +445,10 @@ def test_session_reports_a_full_pool_as_a_requests_timeout(
             session.get(f"{http_server.url}/hold", timeout=(0.3, 0.3))
     finally:
         held.close()
+
+
+def test_connections_through_a_proxy_also_bound_their_wait() -> None:
+    adapter = http._adapter(2, 0)
+    for manager in (adapter.poolmanager, adapter.proxy_manager_for("http://127.0.0.1:3128")):
+        assert manager.pool_classes_by_scheme["http"] is http._BoundedWaitHTTPPool
+        assert manager.pool_classes_by_scheme["https"] is http._BoundedWaitHTTPSPool
