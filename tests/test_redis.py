@@ -257,3 +257,21 @@ def test_a_cluster_client_is_refused_with_a_clear_error():
         batch_set(ClusterLike(), [("a", b"1", 1_000)])
     with pytest.raises(TypeError, match="ClusterLike is not supported"):
         batch_get(ClusterLike(), ["a"])
+
+
+@pytest.mark.integration
+def test_a_read_only_replica_refuses_the_batch_and_the_connection_is_replaced(spare_redis):
+    """After a failover the old master answers READONLY: the pooled connection is dropped, so a
+    Sentinel pool asks for the new master instead of writing to the replica again."""
+    from dramatiq_turbo import batch_set
+
+    client = connect_redis(spare_redis.url, max_connections=1)
+    client.replicaof("127.0.0.1", 1)  # a replica of nothing: read-only, as after a failover
+    try:
+        before = client.client_id()
+        with pytest.raises(redis.ReadOnlyError):
+            batch_set(client, [("a", b"1", 60_000), ("b", b"2", 60_000)])
+        assert client.client_id() != before  # a new connection
+        assert client.exists("a", "b") == 0
+    finally:
+        client.replicaof("NO", "ONE")
