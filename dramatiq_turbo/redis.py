@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from itertools import repeat
-from typing import Any, NoReturn
+from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
@@ -236,7 +236,13 @@ def batch_set(client: redis.Redis, items: Iterable[BatchItem]) -> int:
         or min((ttl for ttl in ttls if ttl is not None), default=1) <= 0
         or max((ttl for ttl in ttls if ttl is not None), default=1) > MAX_TTL
     ):
-        _reject(items)
+        # Something is off, or only unusual (a StrEnum key, an IntEnum value):
+        # check item by item, which names the first bad one or lets them pass,
+        # then hand hiredis the plain types it packs (it refuses subclasses).
+        _check_items(items)
+        keys = [_plain(key) for key in keys]
+        values = [_plain(value) for value in values]
+        ttls = [None if ttl is None else _plain(ttl) for ttl in ttls]
     if not any(ttls):
         # Nothing expires: one native MSET, the cheapest multi-key write there is.
         pairs: list[Any] = [None] * (2 * len(keys))
@@ -271,11 +277,27 @@ _VALUE_TYPES = {bytes, str, int, float}
 _TTL_TYPES = {int, type(None)}
 
 
-def _reject(items: list[Any]) -> NoReturn:
-    """Raise the ``ValueError`` that names the first bad item of ``batch_set``."""
+def _plain(value: Any) -> Any:
+    """``value`` as an exact str, bytes, int or float: a StrEnum's text, an IntEnum's number.
+
+    The base types' own conversions are used, since a subclass's ``__str__``
+    may say something else (``"Color.RED"`` for a ``(str, Enum)`` member).
+    """
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bytes):
+        return bytes(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    return value
+
+
+def _check_items(items: list[Any]) -> None:
+    """Raise the ``ValueError`` that names the first bad item of ``batch_set``, if any."""
     for index, item in enumerate(items):
         _check_item(index, item)
-    raise ValueError("batch_set items must be (key, value, ttl_ms_or_None) tuples")
 
 
 def _check_item(index: int, item: Any) -> None:

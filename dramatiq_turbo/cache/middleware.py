@@ -142,8 +142,10 @@ class ResultCache(Middleware):
         try:
             key = self._key(broker, message)
             delivery.ttl = self._message_ttl(broker, message)
-        except (TypeError, ValueError) as error:
-            # A wrong cache_key or option fails the message with a clear error instead of running uncached.
+        except Exception as error:
+            # A wrong cache_key or option (or a cache_key that raises, such as
+            # a KeyError on the message's arguments) fails the message with
+            # that error instead of running it uncached.
             delivery.error = error
             return
         lookup = self.cache.begin(key)

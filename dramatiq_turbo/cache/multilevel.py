@@ -75,17 +75,22 @@ class Lookup:
         self._token = token
         self._done = found
 
-    def complete(self, value: Any, ttl: int | None = None) -> None:
+    def complete(self, value: Any, ttl: int | None = None) -> Any:
         """Store the computed ``value`` (L1 and L2) and hand it to every waiter.
+
+        Returns:
+          The value as the cache serves it from now on (what the serializer
+          gives back: a list for a tuple with JSON), which is also what the
+          waiters receive.
 
         Raises:
           TypeError: when the serializer cannot hold ``value``; the waiters
             are released to compute on their own.
         """
         if self._done:
-            return
+            return value
         self._done = True
-        self._cache._complete(self.key, value, ttl, self._flight, self._token)
+        return self._cache._complete(self.key, value, ttl, self._flight, self._token)
 
     def abandon(self) -> None:
         """Give up this turn without a value: nothing is stored, waiters try on their own."""
@@ -235,8 +240,8 @@ class MultiLevelCache:
         """
         self._check_key(key)
         ttl = self._ttl(ttl)
-        data = self.codec.encode(value)
-        self.l1.set(key, value, ttl)
+        data, stored = self.codec.encode_and_copy(value)
+        self.l1.set(key, stored, ttl)
         store = self._usable_store()
         if store is not None:
             self._call(store.set, key, data, ttl)
@@ -245,11 +250,14 @@ class MultiLevelCache:
         """``set`` for many keys; L2 is written in one round trip."""
         ttl = self._ttl(ttl)
         encoded = []
+        copies = []
         for key, value in items.items():
             self._check_key(key)
-            encoded.append((key, self.codec.encode(value), ttl))
-        for key, value in items.items():
-            self.l1.set(key, value, ttl)
+            data, stored = self.codec.encode_and_copy(value)
+            encoded.append((key, data, ttl))
+            copies.append((key, stored))
+        for key, stored in copies:
+            self.l1.set(key, stored, ttl)
         store = self._usable_store()
         if encoded and store is not None:
             self._call(store.set_many, encoded)
@@ -275,6 +283,8 @@ class MultiLevelCache:
         processes through Redis - wait for one computation instead of
         repeating it.  If ``fn`` raises, nothing is cached, the exception
         propagates to this caller only, and the waiters compute on their own.
+        Every caller, the one that computed included, gets the value as the
+        cache stores it (with JSON, a tuple comes back as a list).
         """
         ttl = None if ttl is None else self._ttl(ttl)
         lookup = self.begin(key)
@@ -285,8 +295,7 @@ class MultiLevelCache:
         except BaseException:
             lookup.abandon()
             raise
-        lookup.complete(value, ttl)
-        return value
+        return lookup.complete(value, ttl)  # type: ignore[no-any-return]
 
     def begin(self, key: str, *, wait_timeout: int | None = None) -> Lookup:
         """Find ``key``, waiting for a concurrent computation of it, or get the turn to compute it.
@@ -375,19 +384,20 @@ class MultiLevelCache:
         self._count("computations")
         return Lookup(self, key, found=False, waited=waited, flight=flight, token=token)
 
-    def _complete(self, key: str, value: Any, ttl: int | None, flight: Flight | None, token: str) -> None:
+    def _complete(self, key: str, value: Any, ttl: int | None, flight: Flight | None, token: str) -> Any:
         ttl = self.l2_ttl if ttl is None else ttl
         try:
-            data = self.codec.encode(value)
+            data, stored = self.codec.encode_and_copy(value)
         except Exception:
             # Whatever the serializer raised, the turn must end: waiters in
             # this process and others would otherwise wait for nothing.
             self._abandon(key, flight, token)
             raise
-        self.l1.set(key, value, ttl)
+        self.l1.set(key, stored, ttl)
         self._finish_turn(key, token, data, ttl)
         if flight is not None:
-            self._flights.resolve(key, flight, value)
+            self._flights.resolve(key, flight, stored)
+        return stored
 
     def _abandon(self, key: str, flight: Flight | None, token: str) -> None:
         self._finish_turn(key, token, None, None)

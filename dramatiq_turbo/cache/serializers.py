@@ -130,7 +130,20 @@ class Codec:
 
     def encode(self, value: Any) -> bytes:
         """The stored form of ``value``; ``TypeError`` when the serializer cannot hold it."""
+        return self._frame(self.serializer.dumps(value))
+
+    def encode_and_copy(self, value: Any) -> tuple[bytes, Any]:
+        """The stored form of ``value``, and ``value`` as a reader of it gets it back.
+
+        L1 keeps the copy, not ``value`` itself: a hit from L1 then looks
+        exactly like a hit from L2 (JSON gives a list for a tuple, str keys
+        for int ones), and a caller that later mutates ``value`` does not
+        change what the cache serves.
+        """
         payload = self.serializer.dumps(value)
+        return self._frame(payload), self.serializer.loads(payload)
+
+    def _frame(self, payload: bytes) -> bytes:
         if self.compress_threshold and len(payload) >= self.compress_threshold:
             return self._zlib + zlib.compress(payload, 1)
         return self._plain + payload

@@ -151,6 +151,9 @@ class Leases:
                 return RemoteTurn("lead", token=token, waited=waited)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                # No longer waiting: leave the waiters, so the holder's finish
+                # does not push a wake-up that nobody takes.
+                self.store.client.srem(waiters_key, token)
                 return RemoteTurn("timeout", waited=waited)
             lease_left = max(int(reply[1]), 0) / 1000
             # Never past the lease's end: if its holder died, this is when to take over.

@@ -136,3 +136,19 @@ def test_a_refused_batch_writes_nothing_and_names_the_reason(spare_redis):
     # The connection is still in step: the next batch goes through.
     assert batch_set(client, [("after", b"ok", 60_000)]) == 1
     assert client.get("after") == b"ok"
+
+
+def test_str_and_int_subclasses_are_accepted():
+    import enum
+
+    class Key(str, enum.Enum):  # noqa: UP042 - its str() is "Key.A": the value must be stored, not that
+        A = "enum-key"
+
+    class Count(enum.IntEnum):
+        THREE = 3
+
+    client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    assert batch_set(client, [(Key.A, Count.THREE, 10_000)]) == 1
+    assert client.get("enum-key") == b"3"
+    with pytest.raises(ValueError, match=r"item 1 \('b'\): the value must be bytes, str, int or float"):
+        batch_set(client, [(Key.A, Count.THREE, None), ("b", True, None)])

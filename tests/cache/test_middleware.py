@@ -179,6 +179,23 @@ def test_a_bad_cache_key_fails_the_message_with_a_clear_error(stub_stack, start_
     assert runs == []
 
 
+def test_a_cache_key_that_raises_fails_the_message_instead_of_running_it_uncached(stub_stack, start_worker):
+    broker, _, _ = stub_stack
+    runs = []
+
+    @dramatiq.actor(cache_key=lambda doc: doc["id"], store_results=True, max_retries=0)
+    def keyed(doc: dict) -> int:
+        runs.append(doc)
+        return 1
+
+    start_worker(broker)
+    message = keyed.send({"name": "no id"})
+    broker.join(keyed.queue_name, fail_fast=False)
+    with pytest.raises(Exception, match="KeyError"):
+        message.get_result(block=True, timeout=5_000)
+    assert runs == []
+
+
 def test_bad_cache_options_are_refused_when_the_actor_is_declared(stub_stack):
     with pytest.raises(ValueError, match="cache_ttl must be an int of milliseconds"):
 

@@ -332,3 +332,38 @@ def test_a_waiter_that_waits_several_rounds_is_registered_and_woken_once(redis_u
     assert [turn.kind for turn in turns] == ["hit"]
     assert redis_client.llen(wake_key) == 0  # one waiter, one wake-up: none left over
     redis_client.delete(value_key, waiters_key, wake_key)
+
+
+def test_l1_serves_what_l2_would_serve_and_not_the_callers_object(fake_redis, make_cache):
+    """JSON turns a tuple into a list and int keys into str ones: L1 must agree with L2."""
+    cache = make_cache(redis=fake_redis)
+    reader = make_cache(redis=fake_redis, namespace=cache.namespace)  # a cold L1: reads L2
+    original = {"pair": (1, 2), 3: ["x"]}
+    cache.set("k", original)
+    original[3].append("changed later by the caller")
+    assert cache.get("k") == {"pair": [1, 2], "3": ["x"]}
+    assert reader.get("k") == cache.get("k")
+    assert cache.get_or_compute("c", lambda: (1, 2)) == [1, 2]  # the computing caller too
+    assert cache.get_or_compute("c", lambda: (3, 4)) == [1, 2]
+    cache.set_many({"m": (5,)})
+    assert cache.get("m") == [5]
+
+
+@pytest.mark.integration
+def test_a_waiter_that_gives_up_leaves_no_wake_up_behind(redis_url, redis_client):
+    from dramatiq_turbo.cache.singleflight import Leases
+    from dramatiq_turbo.cache.store import RedisStore
+    from dramatiq_turbo.redis import connect_redis
+
+    store = RedisStore(connect_redis(redis_url), namespace=harness.unique("turbo:cache"))
+    leases = Leases(store, lease_ttl=5_000)
+    value_key, lease_key, waiters_key, wake_key = store.flight_keys("k")
+    redis_client.set(lease_key, "other-process", px=5_000)
+    started = time.monotonic()
+    turn = leases.begin("k", deadline=time.monotonic() + 0.3)
+    assert turn.kind == "timeout"
+    assert 0.25 < time.monotonic() - started < 2
+    assert redis_client.scard(waiters_key) == 0
+    leases.finish("k", "other-process", b'"done"', 60_000)
+    assert redis_client.llen(wake_key) == 0
+    redis_client.delete(value_key, lease_key, waiters_key, wake_key)
