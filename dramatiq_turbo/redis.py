@@ -90,14 +90,19 @@ def connect_redis(
     )
 
 
-def connect_redis_like(client: redis.Redis) -> redis.Redis:
+def connect_redis_like(client: redis.Redis, *, socket_timeout: int = DEFAULT_SOCKET_TIMEOUT) -> redis.Redis:
     """A client with ``connect_redis``'s safe settings for the same server and database as ``client``.
 
     ``install`` uses it to share a ``RedisBroker``'s server without inheriting
-    the broker client's retrying defaults.
+    the broker client's retrying defaults; the cache uses it for blocking pops
+    that outlast the usual socket timeout.
+
+    Parameters:
+      client(redis.Redis): The client whose server, database and credentials to use.
+      socket_timeout(int): Milliseconds a reply may take.
     """
     pool = client.connection_pool
-    options = {**pool.connection_kwargs, **_safe_options(DEFAULT_SOCKET_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)}
+    options = {**pool.connection_kwargs, **_safe_options(socket_timeout, DEFAULT_CONNECT_TIMEOUT)}
     safe_pool = redis.ConnectionPool(connection_class=pool.connection_class, **options)
     return redis.Redis(connection_pool=safe_pool)
 

@@ -15,7 +15,7 @@ def content_hash(data: bytes | bytearray | memoryview | str) -> str:
 
     SHA-256 from the standard library: collision-resistant, so nobody can
     craft a document that is served another document's cached result, and
-    hardware-accelerated on current CPUs (about 1.3 GB/s here, so a 10 MB
+    hardware-accelerated on current CPUs (about 1.8 GB/s here, so a 10 MB
     file takes under 10 ms).  ``benchmarks/bench_cache_hash.py`` compares it
     with BLAKE2b, BLAKE3 and xxHash; the one faster option there (xxh3) is
     not collision-resistant.  A ``str`` is hashed as its UTF-8 bytes.

@@ -33,7 +33,12 @@ from typing import Any
 
 import redis
 
+from ..redis import connect_redis_like
 from .store import RedisStore
+
+#: Seconds a waiter blocks in one pop at most, even when the lease lasts longer:
+#: it then checks the lease again (the holder may have died without a word).
+_MAX_BLOCK = 30.0
 
 __all__ = ["Flight", "Leases", "LocalFlights", "RemoteTurn"]
 
@@ -122,9 +127,7 @@ class Leases:
         self.store = store
         self.lease_ttl = lease_ttl
         self._registration_ttl = max(lease_ttl, 1_000) * 3
-        timeout = store.client.connection_pool.connection_kwargs.get("socket_timeout")
-        # A blocking pop must return before the client's own socket timeout fires.
-        self._max_block = 30.0 if not timeout else max(0.05, float(timeout) - 1.0)
+        self._waiting_client: redis.Redis | None = None
         self._held: dict[str, str] = {}  # lease key -> token
         self._held_lock = threading.Lock()
         self._renewer: threading.Thread | None = None
@@ -157,8 +160,8 @@ class Leases:
                 return RemoteTurn("timeout", waited=waited)
             lease_left = max(int(reply[1]), 0) / 1000
             # Never past the lease's end: if its holder died, this is when to take over.
-            block = min(lease_left + 0.02, remaining, self._max_block)
-            self.store.client.blpop([wake_key], timeout=max(block, 0.01))
+            block = min(lease_left + 0.02, remaining, _MAX_BLOCK)
+            self._waiting().blpop([wake_key], timeout=max(block, 0.01))
             waited = True
             skip_value = False  # whatever woke us, a fresh value may be there now
 
@@ -222,8 +225,28 @@ class Leases:
                 except redis.RedisError as error:
                     logger.debug("Could not renew lease %s: %s", lease_key, error)
 
+    def _waiting(self) -> redis.Redis:
+        """The client for blocking pops: one whose socket timeout outlasts the longest pop.
+
+        With the store's own client a pop would have to end before its
+        socket timeout (5 s by default, possibly far less), and a long
+        computation would cost its waiters a command pair every few seconds.
+        """
+        client = self._waiting_client
+        if client is None:
+            timeout = self.store.client.connection_pool.connection_kwargs.get("socket_timeout")
+            if timeout is None or float(timeout) > _MAX_BLOCK + 1:
+                client = self.store.client
+            else:
+                client = connect_redis_like(self.store.client, socket_timeout=int((_MAX_BLOCK + 5) * 1000))
+            self._waiting_client = client
+        return client
+
     def close(self) -> None:
         self._stop.set()
+        waiting = self._waiting_client
+        if waiting is not None and waiting is not self.store.client:
+            waiting.close()
 
     def after_fork(self) -> None:
         self._held = {}

@@ -367,3 +367,33 @@ def test_a_waiter_that_gives_up_leaves_no_wake_up_behind(redis_url, redis_client
     leases.finish("k", "other-process", b'"done"', 60_000)
     assert redis_client.llen(wake_key) == 0
     redis_client.delete(value_key, lease_key, waiters_key, wake_key)
+
+
+@pytest.mark.integration
+def test_a_waiter_blocks_without_polling_even_with_a_short_socket_timeout(redis_url, redis_client):
+    """The blocking pop does not have to end before the client's 500 ms socket timeout."""
+    from dramatiq_turbo.cache.singleflight import Leases
+    from dramatiq_turbo.cache.store import RedisStore
+
+    namespace = harness.unique("turbo:cache")
+    store = RedisStore(counting_client(redis_url, socket_timeout=500), namespace=namespace)
+    leases = Leases(store, lease_ttl=5_000)
+    value_key, lease_key, waiters_key, wake_key = store.flight_keys("k")
+    redis_client.set(lease_key, "other-process", px=5_000)
+    store.client.ping()  # the handshake is not part of the count
+
+    def finish_later() -> None:
+        time.sleep(1.5)
+        holder = Leases(RedisStore(redis_client, namespace=namespace))
+        holder.finish("k", "other-process", b'"v"', 60_000)
+
+    finisher = threading.Thread(target=finish_later)
+    finisher.start()
+    before = CountingConnection.snapshot()
+    turn = leases.begin("k", deadline=time.monotonic() + 5)
+    commands = CountingConnection.snapshot()[0] - before[0]
+    finisher.join()
+    leases.close()
+    assert turn.kind == "hit"
+    assert commands <= 4, f"{commands} commands while waiting 1.5 s"
+    redis_client.delete(value_key, lease_key, waiters_key, wake_key)
