@@ -66,10 +66,17 @@ def worker(namespace: str, worker_timeout: int) -> None:
     w.stop()
 
 
+#: Every message sent, so that their stored results can be deleted afterwards.
+SENT: list[dramatiq.Message] = []
+
+
 def timed(send) -> float:
     start = time.perf_counter()
-    send().get_result(block=True, timeout=30_000)
-    return (time.perf_counter() - start) * 1000
+    message = send()
+    message.get_result(block=True, timeout=30_000)
+    elapsed = (time.perf_counter() - start) * 1000
+    SENT.append(message)
+    return elapsed
 
 
 def run(namespace: str, worker_timeout: int) -> tuple[list[float], list[float], list[float]]:
@@ -107,7 +114,12 @@ def main() -> None:
         finally:
             broker.close()
             client = connect_redis(REDIS_URL)
-            keys = [*client.scan_iter(f"{namespace}*"), *client.scan_iter("turbo:cache:{make_notes:*")]
+            # Results' keys are hashes of the message: found through the messages, not by a prefix.
+            backend = RedisBackend(client=client, namespace=f"{namespace}-results")
+            results = [backend.build_message_key(message) for message in SENT]
+            SENT.clear()
+            cached = client.scan_iter("turbo:cache:{make_notes:*")
+            keys = [*client.scan_iter(f"{namespace}*"), *cached, *results]
             if keys:
                 client.delete(*keys)
         hit, miss, base = median(hits), median(misses), median(plain)
