@@ -86,7 +86,9 @@ def connect_redis(
     return redis.Redis.from_url(
         url,
         max_connections=max_connections,
-        **_safe_options(socket_timeout, connect_timeout, health_check_interval),
+        **_safe_options(
+            socket_timeout, connect_timeout, health_check_interval, tcp=not url.startswith("unix:")
+        ),
     )
 
 
@@ -102,7 +104,8 @@ def connect_redis_like(client: redis.Redis, *, socket_timeout: int = DEFAULT_SOC
       socket_timeout(int): Milliseconds a reply may take.
     """
     pool = client.connection_pool
-    options = {**pool.connection_kwargs, **_safe_options(socket_timeout, DEFAULT_CONNECT_TIMEOUT)}
+    tcp = not issubclass(pool.connection_class, redis.UnixDomainSocketConnection)
+    options = {**pool.connection_kwargs, **_safe_options(socket_timeout, DEFAULT_CONNECT_TIMEOUT, tcp=tcp)}
     safe_pool = redis.ConnectionPool(connection_class=pool.connection_class, **options)
     return redis.Redis(connection_pool=safe_pool)
 
@@ -111,16 +114,21 @@ def _safe_options(
     socket_timeout: int,
     connect_timeout: int,
     health_check_interval: int = DEFAULT_HEALTH_CHECK_INTERVAL,
+    *,
+    tcp: bool = True,
 ) -> dict[str, Any]:
-    return {
+    options: dict[str, Any] = {
         "socket_timeout": socket_timeout / 1000,
         "socket_connect_timeout": connect_timeout / 1000,
-        "socket_keepalive": True,
         "health_check_interval": max(1, health_check_interval // 1000),
         # Never retry: a command whose reply timed out may already have run.
         "retry": Retry(NoBackoff(), 0),
         "retry_on_timeout": False,
     }
+    if tcp:
+        # TCP only: a unix socket connection refuses the option.
+        options["socket_keepalive"] = True
+    return options
 
 
 def resolve_redis(client: RedisLike) -> redis.Redis | None:

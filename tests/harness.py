@@ -145,6 +145,9 @@ class RedisServer:
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"redis://127.0.0.1:{self.port}/1"
+        #: The same server through a unix socket.
+        self.socket_path = os.path.join(tempfile.gettempdir(), f"turbo-redis-{self.port}.sock")
+        self.unix_url = f"unix://{self.socket_path}?db=1"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *, timeout: float = 10) -> None:
@@ -162,6 +165,8 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                "--unixsocket",
+                self.socket_path,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

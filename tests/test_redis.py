@@ -275,3 +275,16 @@ def test_a_read_only_replica_refuses_the_batch_and_the_connection_is_replaced(sp
         assert client.exists("a", "b") == 0
     finally:
         client.replicaof("NO", "ONE")
+
+
+@pytest.mark.integration
+def test_unix_socket_urls_and_clients_work(spare_redis):
+    """``unix://`` URLs are documented: the TCP-only keepalive option must not be passed to them."""
+    from dramatiq_turbo import batch_get, batch_set
+
+    client = connect_redis(spare_redis.unix_url)
+    assert client.ping()
+    assert batch_set(client, [("a", b"1", 60_000), ("b", b"2", None)]) == 2  # replies read from the socket
+    assert batch_get(client, ["a", "b"]) == [b"1", b"2"]
+    shared = connect_redis_like(redis.Redis(unix_socket_path=spare_redis.socket_path, db=1))
+    assert shared.get("a") == b"1"
