@@ -146,7 +146,8 @@ def _installed(broker: dramatiq.Broker, slot: _Slot) -> Middleware | None:
     if known is not None and any(m is known for m in broker.middleware):
         return known
     cls = slot.load()
-    return next((m for m in broker.middleware if type(m) is cls), None) if cls else None
+    # A subclass fills the slot too: a user's own ResultCache subclass is a cache.
+    return next((m for m in broker.middleware if isinstance(m, cls)), None) if cls else None
 
 
 def _add_gate(broker: dramatiq.Broker, slot: _Slot, gate: Middleware) -> None:
@@ -207,7 +208,8 @@ def _build(slot: _Slot, flag: MiddlewareFlag, shared: _SharedRedis) -> Middlewar
 
 
 def _replace_retries(broker: dramatiq.Broker, backoff: Middleware) -> None:
-    retries = next((m for m in broker.middleware if type(m) is Retries), None)
+    # A subclass of Retries retries too: left beside Backoff, failures would be retried twice.
+    retries = next((m for m in broker.middleware if isinstance(m, Retries) and m is not backoff), None)
     if retries is None:
         broker.add_middleware(backoff)
         return

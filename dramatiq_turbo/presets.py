@@ -59,7 +59,9 @@ class Preset:
         """This preset with ``processes`` resolved for ``cores`` CPU cores (this machine's by default)."""
         if self.processes:
             return self
-        return dataclasses.replace(self, processes=max(1, cores or os.cpu_count() or 1))
+        if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int) or cores < 1):
+            raise ValueError(f"cores must be a positive int, got {cores!r}")
+        return dataclasses.replace(self, processes=cores or os.cpu_count() or 1)
 
     @property
     def concurrency(self) -> int:
@@ -101,8 +103,12 @@ class Preset:
                 f"{self.rate_limit[1]} ms, across all workers",
                 "def job(...): ...",
                 "",
-                "# or per queue:",
-                f'install(broker, rate_limit=RateLimiter(limits={{"default": {limit}}}))',
+                "# or per queue (a RateLimiter given to install() needs its own Redis to count globally):",
+                "install(",
+                "    broker,",
+                '    rate_limit=RateLimiter(redis="redis://127.0.0.1:6379/0", '
+                f'limits={{"default": {limit}}}),',
+                ")",
             ]
         return "\n".join(lines)
 
@@ -148,6 +154,8 @@ PRESETS: dict[str, Preset] = {preset.name: preset for preset in (IO_BOUND, CPU_B
 DEFAULT_HEADROOM = 1.5
 # More threads than this per process mostly add contention.
 MAX_THREADS = 64
+#: Messages per second above which ``recommend`` refuses to size (its arithmetic would overflow).
+MAX_ARRIVAL_RATE = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -203,9 +211,14 @@ def recommend(
     Raises:
       ValueError: naming the bad argument.
     """
-    if isinstance(arrival_rate, bool) or not isinstance(arrival_rate, int | float) or not arrival_rate > 0:
+    if (
+        isinstance(arrival_rate, bool)
+        or not isinstance(arrival_rate, int | float)
+        or not 0 < arrival_rate < MAX_ARRIVAL_RATE
+    ):
         raise ValueError(
-            f"arrival_rate must be a positive number of messages per second, got {arrival_rate!r}"
+            f"arrival_rate must be a positive number of messages per second below {MAX_ARRIVAL_RATE:,}, "
+            f"got {arrival_rate!r}"
         )
     if isinstance(service_time, bool) or not isinstance(service_time, int) or service_time <= 0:
         raise ValueError(f"service_time must be a positive int of milliseconds, got {service_time!r}")
@@ -213,8 +226,8 @@ def recommend(
         raise ValueError(f"cpu_share must be between 0 and 1, got {cpu_share!r}")
     if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
         raise ValueError(f"cores must be a positive int, got {cores!r}")
-    if not headroom >= 1:
-        raise ValueError(f"headroom must be at least 1, got {headroom!r}")
+    if not 1 <= headroom <= 100:
+        raise ValueError(f"headroom must be between 1 and 100, got {headroom!r}")
 
     busy = arrival_rate * service_time / 1000
     cpu_busy = busy * cpu_share
@@ -291,7 +304,10 @@ def _main(args: argparse.Namespace) -> int:
             parser.error(f"--recommend needs {', '.join(missing)}")
         try:
             sizing = recommend(
-                args.arrival_rate, args.service_time, args.cpu_share, args.cores or os.cpu_count() or 1
+                args.arrival_rate,
+                args.service_time,
+                args.cpu_share,
+                (os.cpu_count() or 1) if args.cores is None else args.cores,
             )
         except ValueError as error:
             parser.error(str(error))
@@ -306,6 +322,10 @@ def _main(args: argparse.Namespace) -> int:
     if args.name is None:
         parser.error("name a preset (io-bound, cpu-bound, mixed) or use --recommend")
     preset = PRESETS[args.name]
+    try:
+        preset.for_cores(args.cores)
+    except ValueError as error:
+        parser.error(str(error))
     if args.json:
         print(json.dumps(preset.as_dict(args.cores), indent=2))
         return 0

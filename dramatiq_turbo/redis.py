@@ -72,7 +72,8 @@ def connect_redis(
       socket_timeout(int): Milliseconds to wait for a reply.
       connect_timeout(int): Milliseconds to wait for a connection.
       health_check_interval(int): Milliseconds of idleness after which a
-        pooled connection is checked with ``PING`` before it is used.
+        pooled connection is checked with ``PING`` before it is used; ``0``
+        never checks.
       max_connections(int): The pool's size; unbounded when ``None``.
 
     Returns:
@@ -83,6 +84,11 @@ def connect_redis(
     for name, value in (("socket_timeout", socket_timeout), ("connect_timeout", connect_timeout)):
         if value <= 0:
             raise ValueError(f"{name} must be a positive number of milliseconds, got {value!r}")
+    if health_check_interval < 0:
+        raise ValueError(
+            f"health_check_interval must be 0 (never) or a positive number of milliseconds, "
+            f"got {health_check_interval!r}"
+        )
     return redis.Redis.from_url(
         url,
         max_connections=max_connections,
@@ -120,7 +126,7 @@ def _safe_options(
     options: dict[str, Any] = {
         "socket_timeout": socket_timeout / 1000,
         "socket_connect_timeout": connect_timeout / 1000,
-        "health_check_interval": max(1, health_check_interval // 1000),
+        "health_check_interval": health_check_interval / 1000,  # 0: never
         # Never retry: a command whose reply timed out may already have run.
         "retry": Retry(NoBackoff(), 0),
         "retry_on_timeout": False,

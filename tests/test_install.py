@@ -149,3 +149,27 @@ def test_install_stays_the_function_after_its_module_is_imported():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_a_retries_subclass_is_replaced_too():
+    """Left beside Backoff, a Retries subclass would retry every failure a second time."""
+
+    class MyRetries(Retries):
+        pass
+
+    broker = StubBroker(middleware=[MyRetries(max_retries=2)])
+    install(broker, **_stand_ins())
+    assert not any(isinstance(m, Retries) for m in broker.middleware)
+    assert _order(broker)[-4:] == ["backoff", "cache", "rate_limit", "breaker"]
+
+
+def test_a_subclass_of_a_suite_middleware_fills_its_slot():
+    from dramatiq_turbo import ResultCache
+
+    class MyCache(ResultCache):
+        pass
+
+    mine = MyCache()
+    broker = StubBroker(middleware=[Retries(), mine])
+    install(broker, telemetry=False, rate_limit=False, breaker=False)
+    assert [m for m in broker.middleware if isinstance(m, ResultCache)] == [mine]

@@ -202,7 +202,7 @@ def test_a_health_check_never_lands_inside_the_transaction(redis_url, redis_clie
     """A health check falls due between two slices: it must run before the first, or not at all."""
     from dramatiq_turbo.packed import execute_transaction
 
-    client = connect_redis(redis_url, health_check_interval=1_000)  # ms (redis-py counts whole seconds)
+    client = connect_redis(redis_url, health_check_interval=1_000)  # ms
 
     def slow_commands():
         for i in range(1_000):
@@ -288,3 +288,14 @@ def test_unix_socket_urls_and_clients_work(spare_redis):
     assert batch_get(client, ["a", "b"]) == [b"1", b"2"]
     shared = connect_redis_like(redis.Redis(unix_socket_path=spare_redis.socket_path, db=1))
     assert shared.get("a") == b"1"
+
+
+def test_health_check_interval_is_kept_in_milliseconds_and_zero_turns_it_off():
+    def interval(ms):
+        return connect_redis(
+            "redis://127.0.0.1:1/0", health_check_interval=ms
+        ).connection_pool.connection_kwargs["health_check_interval"]
+
+    assert (interval(1_500), interval(500), interval(0)) == (1.5, 0.5, 0)
+    with pytest.raises(ValueError, match="health_check_interval must be 0"):
+        connect_redis("redis://127.0.0.1:1/0", health_check_interval=-5)

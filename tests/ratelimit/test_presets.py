@@ -117,3 +117,36 @@ def test_public_names() -> None:
     assert dramatiq_turbo.presets is presets
     assert dramatiq_turbo.RateLimiter.__module__ == "dramatiq_turbo.ratelimit.middleware"
     assert {"presets", "RateLimiter"} <= set(dir(dramatiq_turbo))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["preset", "cpu-bound", "--cores", "0"],
+        ["preset", "cpu-bound", "--cores", "-4", "--json"],
+        ["preset", "--recommend", "--arrival-rate", "inf", "--service-time", "100", "--cpu-share", "0.5"],
+        ["preset", "--recommend", "--arrival-rate", "1e308", "--service-time", "100", "--cpu-share", "0.5"],
+        [
+            "preset",
+            "--recommend",
+            "--arrival-rate",
+            "5",
+            "--service-time",
+            "100",
+            "--cpu-share",
+            "0.5",
+            "--cores",
+            "0",
+        ],
+    ],
+)
+def test_cli_refuses_impossible_sizes_with_a_usage_error(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert "must be" in capsys.readouterr().err
+
+
+def test_the_per_queue_snippet_counts_globally(capsys) -> None:
+    assert cli.main(["preset", "io-bound"]) == 0
+    assert 'RateLimiter(redis="redis://' in capsys.readouterr().out
