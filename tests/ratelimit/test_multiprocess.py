@@ -218,5 +218,7 @@ def test_slot_of_a_killed_worker_comes_back_after_its_lease(
     overlap = [int(x) for x in redis_client.lrange(f"{namespace}:overlap", 0, -1)]
     assert max(overlap[1:]) == 1, "never two running at once"
     leases = hash_key(f"{namespace}:rl", "actor:concurrent", "leases")
-    assert redis_client.zcard(leases) == 0, "no slot leaked once the queue drained"
+    # The last job's slot is released just after its body recorded its run: allow for
+    # that, but for less than a lease, so a leaked slot (renewed, or left to expire) fails.
+    wait_for(lambda: redis_client.zcard(leases) == 0, timeout=lease / 1000 * 0.6, what="no slot leaked")
     print(f"\nslot back {after[0] - killed_at:.0f} ms after SIGKILL (lease {lease} ms)")
