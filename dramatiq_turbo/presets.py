@@ -59,8 +59,8 @@ class Preset:
         """This preset with ``processes`` resolved for ``cores`` CPU cores (this machine's by default)."""
         if self.processes:
             return self
-        if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int) or cores < 1):
-            raise ValueError(f"cores must be a positive int, got {cores!r}")
+        if cores is not None:
+            _check_cores(cores)
         return dataclasses.replace(self, processes=cores or os.cpu_count() or 1)
 
     @property
@@ -158,6 +158,11 @@ MAX_THREADS = 64
 MAX_ARRIVAL_RATE = 1_000_000_000
 
 
+def _check_cores(cores: Any) -> None:
+    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
+        raise ValueError(f"cores must be a positive int, got {cores!r}")
+
+
 @dataclass(frozen=True)
 class Sizing:
     """What ``recommend`` found.
@@ -224,8 +229,7 @@ def recommend(
         raise ValueError(f"service_time must be a positive int of milliseconds, got {service_time!r}")
     if isinstance(cpu_share, bool) or not isinstance(cpu_share, int | float) or not 0 <= cpu_share <= 1:
         raise ValueError(f"cpu_share must be between 0 and 1, got {cpu_share!r}")
-    if isinstance(cores, bool) or not isinstance(cores, int) or cores < 1:
-        raise ValueError(f"cores must be a positive int, got {cores!r}")
+    _check_cores(cores)
     if not 1 <= headroom <= 100:
         raise ValueError(f"headroom must be between 1 and 100, got {headroom!r}")
 

@@ -23,7 +23,7 @@ from typing import Any
 import redis
 from redis.exceptions import NoScriptError
 
-from ..packed import execute_pipeline, execute_transaction
+from ..packed import execute_pipeline, execute_transaction, raise_first_error
 from ..redis import hash_key, load_script, set_commands
 
 __all__ = ["RedisStore"]
@@ -84,9 +84,7 @@ class RedisStore:
         names = [self.value_key(key) for key in keys]
         commands = [("MGET", *names), *zip(repeat("PTTL"), names)]
         replies = execute_pipeline(self.client, commands, len(commands))
-        for reply in replies:
-            if isinstance(reply, redis.ResponseError):
-                raise reply
+        raise_first_error(replies)
         values, *ttls = replies
         return [None if value is None else (value, int(ttl)) for value, ttl in zip(values, ttls, strict=True)]
 
