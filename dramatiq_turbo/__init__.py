@@ -32,6 +32,8 @@ _EXPORTS: dict[str, str] = {
     "MultiLevelCache": "dramatiq_turbo.cache",
     "content_hash": "dramatiq_turbo.cache",
     "RateLimiter": "dramatiq_turbo.ratelimit",
+    "rate_limit": "dramatiq_turbo.ratelimit",
+    "RateLimitTimeout": "dramatiq_turbo.ratelimit",
     "CircuitBreaker": "dramatiq_turbo.breaker",
     "CircuitOpenError": "dramatiq_turbo.breaker",
     "Backoff": "dramatiq_turbo.backoff",
@@ -75,6 +77,8 @@ if TYPE_CHECKING:
     from .http import download_file as download_file
     from .http import http_session as http_session
     from .ratelimit import RateLimiter as RateLimiter
+    from .ratelimit import RateLimitTimeout as RateLimitTimeout
+    from .ratelimit import rate_limit as rate_limit
     from .redis import batch_get as batch_get
     from .redis import batch_set as batch_set
     from .redis import connect_redis as connect_redis

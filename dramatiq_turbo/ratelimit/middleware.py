@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
-import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
@@ -23,7 +20,9 @@ from ..marks import is_cache_hit
 from ..options import require_ms
 from ..outage import Outage
 from ..redis import RedisLike, resolve_redis
-from .rules import InvalidRateLimit, Rule, parse_rule
+from .inline import set_default
+from .leases import Hold, LeaseRenewer
+from .rules import InvalidRateLimit, Rule, key_budget, parse_rule
 from .store import CONCURRENCY_POLL, Decision, LimitStore, LocalLimitStore, RedisLimitStore
 
 __all__ = ["OPTION", "RateLimiter", "admitted_at"]
@@ -57,14 +56,6 @@ def admitted_at(message: Any) -> float | None:
     return float(value) if value is not None else None
 
 
-@dataclass(frozen=True)
-class _Hold:
-    store: LimitStore
-    key: str
-    token: str
-    lease: int  # 0: no concurrency slot held
-
-
 class RateLimiter(Middleware):
     """Middleware that limits how often, and how many at once, messages start across all workers.
 
@@ -86,6 +77,11 @@ class RateLimiter(Middleware):
     within ``max_wait`` ms; otherwise it is deferred (same message id, enqueued
     again with the delay the store returned plus jitter): no retry is used, no
     result stored, nothing dropped.  Cache hits take no slot.
+
+    Code inside actors limits single calls with ``rate_limit(key, ...)``
+    (``dramatiq_turbo.ratelimit.inline``), which draws from this limiter's
+    store and outage policy: its budget ``key:<key>`` is the one a ``key``
+    function returning ``<key>`` names.  The limiter created last serves it.
 
     Parameters:
       redis: A client or URL for limits shared by every process; ``None``
@@ -124,11 +120,19 @@ class RateLimiter(Middleware):
             self.store = RedisLimitStore(client, namespace=namespace)
         self.outage = Outage(component="rate_limit", logger=logger)
         self._actor_rules: dict[str, Rule] = {}
-        self._renewer = _Renewer()
+        #: Renews the concurrency leases of this limiter's messages and ``rate_limit()`` blocks.
+        self.renewer = LeaseRenewer()
+        # rate_limit() in actor code shares the store of the limiter created last.
+        set_default(self)
 
     @property
     def actor_options(self) -> set[str]:
         return {OPTION}
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        # In a worker process the limiter on the broker it runs is the one
+        # rate_limit() must share, whatever else the app module created.
+        set_default(self)
 
     def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
         # Raised from a before_ hook, InvalidRateLimit (a MiddlewareError)
@@ -179,10 +183,10 @@ class RateLimiter(Middleware):
         if waited := int((time.monotonic() - started) * 1000):
             record("ratelimit.wait", wait_ms=waited)
         setattr(message, _ADMITTED, decision.now)
-        hold = _Hold(store, key, token, rule.lease if rule.concurrency else 0)
+        hold = Hold(store, key, token, rule.lease if rule.concurrency else 0)
         setattr(message, _HOLD, hold)
         if hold.lease:
-            self._renewer.add(hold)
+            self.renewer.add(hold)
 
     def after_process_message(
         self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
@@ -196,7 +200,7 @@ class RateLimiter(Middleware):
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         # After, not before: a graceful shutdown lets running messages finish,
         # and their leases must live until then.
-        self._renewer.stop()
+        self.renewer.stop()
 
     def _attempt(
         self, broker: dramatiq.Broker, message: Any, rule: Rule, key: str, token: str, max_wait: int
@@ -232,12 +236,12 @@ class RateLimiter(Middleware):
         }
 
     def _release(self, message: Any, *, refund: bool) -> None:
-        hold: _Hold | None = getattr(message, _HOLD, None)
+        hold: Hold | None = getattr(message, _HOLD, None)
         if hold is None:
             return
         delattr(message, _HOLD)
         if hold.lease:
-            self._renewer.discard(hold)
+            self.renewer.discard(hold)
         elif not refund:
             return  # no slot to free, and the start happened
         try:
@@ -270,72 +274,4 @@ def _budget_key(rule: Rule, message: Any) -> str:
     name = rule.key(message)
     if not isinstance(name, str) or not name:
         raise InvalidRateLimit(f"rate_limit key function returned {name!r}; it must return a non-empty str")
-    return f"key:{name}"
-
-
-class _Renewer:
-    """A daemon thread that extends the leases this process holds while their messages run."""
-
-    def __init__(self) -> None:
-        self._held: dict[_Hold, None] = {}
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._changed = threading.Event()  # set by add() and stop(): the period may be shorter now
-        self._thread: threading.Thread | None = None
-        self._pid = 0
-
-    def add(self, hold: _Hold) -> None:
-        with self._lock:
-            self._held[hold] = None
-            # Threads do not survive fork: start one per process.
-            if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-                self._pid = os.getpid()
-                self._stopped.clear()
-                self._thread = threading.Thread(target=self._run, name="turbo-lease-renewer", daemon=True)
-                self._thread.start()
-        self._changed.set()
-
-    def discard(self, hold: _Hold) -> None:
-        with self._lock:
-            self._held.pop(hold, None)
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._changed.set()
-
-    def _run(self) -> None:
-        renewed_at = time.monotonic()
-        while True:
-            with self._lock:
-                holds = list(self._held)
-            # Renew every third of the shortest lease held; a hold added with
-            # a shorter lease wakes the thread to recompute when that is.
-            period = min((h.lease for h in holds), default=3_000) / 3 / 1000
-            remaining = renewed_at + period - time.monotonic()
-            if remaining > 0:
-                self._changed.wait(remaining)
-                self._changed.clear()
-                if self._stopped.is_set():
-                    return
-                continue
-            if self._stopped.is_set():
-                return
-            renewed_at = time.monotonic()
-            groups: dict[tuple[int, str, int], list[_Hold]] = {}
-            with self._lock:
-                for hold in self._held:
-                    groups.setdefault((id(hold.store), hold.key, hold.lease), []).append(hold)
-            for (_, key, lease), group in groups.items():
-                try:
-                    renewed = group[0].store.renew(key, [h.token for h in group], lease)
-                except Exception as error:
-                    logger.warning(
-                        "Could not renew %d concurrency lease(s) of %s: %s", len(group), key, error
-                    )
-                    continue
-                if renewed < len(group):
-                    logger.warning(
-                        "%d concurrency lease(s) of %s expired while running; raise rate_limit 'lease'.",
-                        len(group) - renewed,
-                        key,
-                    )
+    return key_budget(name)

@@ -16,7 +16,7 @@ from dramatiq.middleware import MiddlewareError
 
 from ..options import require_ms
 
-__all__ = ["DEFAULT_LEASE", "InvalidRateLimit", "KeyFunc", "Rule", "parse_rule"]
+__all__ = ["DEFAULT_LEASE", "InvalidRateLimit", "KeyFunc", "Rule", "key_budget", "parse_rule"]
 
 #: How long a concurrency slot stays taken without renewal (a dead worker's slot returns after this).
 DEFAULT_LEASE = 30_000
@@ -70,6 +70,15 @@ class InvalidRateLimit(MiddlewareError, ValueError):
     A ``ValueError``, and a ``MiddlewareError`` so that Dramatiq lets it out of
     ``before_declare_actor``: declaring the actor fails, naming the problem.
     """
+
+
+def key_budget(name: str) -> str:
+    """The budget that key ``name`` draws from.
+
+    One name for both ways of naming a key: a ``rate_limit`` option whose
+    ``key`` function returns ``name``, and ``rate_limit(name)`` in actor code.
+    """
+    return f"key:{name}"
 
 
 def parse_rule(value: Any, *, where: str = "rate_limit") -> Rule:

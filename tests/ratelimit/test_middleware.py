@@ -298,7 +298,7 @@ def test_install_adds_a_limiter_sharing_the_redis_brokers_server(make_broker) ->
 
 
 def test_a_short_lease_added_while_the_renewer_sleeps_for_a_long_one_is_renewed_in_time():
-    from dramatiq_turbo.ratelimit.middleware import _Hold, _Renewer
+    from dramatiq_turbo.ratelimit.leases import Hold, LeaseRenewer
 
     class RecordingStore:
         def __init__(self) -> None:
@@ -309,10 +309,10 @@ def test_a_short_lease_added_while_the_renewer_sleeps_for_a_long_one_is_renewed_
             return len(tokens)
 
     store = RecordingStore()
-    renewer = _Renewer()
-    renewer.add(_Hold(store, "long", "t1", 30_000))  # renewing every 10 s
+    renewer = LeaseRenewer()
+    renewer.add(Hold(store, "long", "t1", 30_000))  # renewing every 10 s
     time.sleep(0.05)
-    renewer.add(_Hold(store, "short", "t2", 300))  # must be renewed within 300 ms
+    renewer.add(Hold(store, "short", "t2", 300))  # must be renewed within 300 ms
     time.sleep(0.4)
     renewer.stop()
     assert "short" in store.renewed
