@@ -122,6 +122,8 @@ def create_app(
     _pool_sizes(settings)
     redis_url = _redis_for(broker_url, redis_url)
     broker = broker or make_broker(broker_url, namespace=namespace)
+    # `dramatiq examples.pdf_notes.worker` runs the module's global broker.
+    dramatiq.set_broker(broker)
     backend = _results(broker, redis_url, namespace)
     client = connect_redis(redis_url) if redis_url else None
     # The gates get this app's namespace, so two apps on one Redis (the load
@@ -195,6 +197,7 @@ def create_naive_app(
     settings = settings or Settings.from_env()
     redis_url = _redis_for(broker_url, redis_url)
     broker = broker or make_broker(broker_url, namespace=namespace)
+    dramatiq.set_broker(broker)
     backend = _results(broker, redis_url, namespace)
     url = model_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
 

@@ -108,6 +108,20 @@ class Settings:
     retry_min_backoff: int = 1_000
     max_retries: int = 10
 
+    def __post_init__(self) -> None:
+        # A bad setting fails when the worker starts, not as a retried job.
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "ocr":
+                continue
+            low = 0 if field.name in ("overlap", "max_retries", "retry_min_backoff") else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"Settings.{field.name} must be an int >= {low}, got {value!r}")
+        if self.overlap * 2 > self.chunk_tokens:
+            raise ValueError(
+                f"Settings.overlap ({self.overlap}) must be at most half of chunk_tokens ({self.chunk_tokens})"
+            )
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         """Settings with each ``TURBO_NOTES_<FIELD>`` variable that is set (ints; ``ocr``: 0/1)."""

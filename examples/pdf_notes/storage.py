@@ -189,7 +189,12 @@ class PostgresStore(_PerThread):
             ) from None
         self.dsn = dsn
         self.table = _table(table)
-        self.connection().execute(_POSTGRES_SCHEMA.format(table=self.table))
+        connection = self.connection()
+        # Two workers starting at once would race in CREATE TABLE IF NOT
+        # EXISTS (it can fail with a unique violation): one at a time.
+        with connection.transaction():
+            connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dramatiq_turbo:{self.table}",))
+            connection.execute(_POSTGRES_SCHEMA.format(table=self.table))
 
     def connect(self) -> Any:
         import psycopg
