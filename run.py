@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Set up a virtual environment and run the demo or the tests.
 
-    python3 run.py demo     # the example pipeline, on an embedded broker
+    python3 run.py demo     # the PDF-notes demo, on an embedded broker
     python3 run.py test     # the test suite (extra arguments go to pytest)
     python3 run.py install  # only set up .venv with the test and dev extras
 
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("TURBO_VENV", ROOT / ".venv"))
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
-DEMO = ["examples/quickstart.py"]
+DEMO = ["-m", "examples.pdf_notes.demo"]
 
 
 def ensure_environment(extras: str) -> None:

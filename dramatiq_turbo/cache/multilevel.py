@@ -99,6 +99,27 @@ class Lookup:
         self._done = True
         self._cache._abandon(self.key, self._flight, self._token)
 
+    def give_way(self) -> None:
+        """Let the computation still running elsewhere finish, instead of computing too.
+
+        For a lookup that waited ``wait_timeout`` in vain (``waited ==
+        "timeout"``): the caller does not compute (a worker can defer its
+        message and come back for the value, rather than hold a thread while
+        it waits).  This process's other waiters stop waiting on this caller
+        and look again; the lease of whoever computes is left alone.
+
+        Raises:
+          ValueError: when the lookup holds a real turn (it did not time out):
+            that one must end with ``complete`` or ``abandon``.
+        """
+        if self._done:
+            return
+        if self.waited != "timeout" or self._token:
+            raise ValueError("give_way() is for a lookup whose wait timed out; complete or abandon a turn")
+        self._done = True
+        if self._flight is not None:
+            self._cache._flights.fail(self.key, self._flight)
+
 
 class MultiLevelCache:
     """A two-level cache: L1 in the process (TTL + LRU), L2 in Redis (TTL).

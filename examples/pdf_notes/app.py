@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import Middleware
+from dramatiq.middleware import CurrentMessage, Middleware
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend, StubBackend
 
@@ -141,6 +141,8 @@ def create_app(
     )
     pipelines = PerProcess(lambda: _build_pipeline(redis_url, db, model_url, settings, namespace))
     broker.add_middleware(_BuildOnBoot(lambda: pipelines.get().warm_up()))
+    # The pipeline defers its own message while the same PDF is computed elsewhere.
+    broker.add_middleware(CurrentMessage())
 
     def generate_notes(source: str) -> dict[str, Any]:
         return pipelines.get().run(source)

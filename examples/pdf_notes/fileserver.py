@@ -5,11 +5,18 @@ serves it with a PDF comment naming variant ``n`` appended after its end,
 which is still the same valid document but has other bytes, so it is a
 different document to a content-keyed cache.  Keep-alive (HTTP/1.1) and
 ``Content-Length`` as a real file server would.
+
+``rtt`` makes the server behave as if it were that many milliseconds away:
+a new connection first waits two round trips (the TCP and TLS handshakes of
+an ``https`` server), and every request one more.  On loopback a new
+connection costs almost nothing, so this is how the load test shows what
+connection pooling saves against a remote store.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from functools import lru_cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,7 +39,15 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _Server
 
+    def setup(self) -> None:
+        super().setup()
+        self.handshake_pending = True
+
     def do_GET(self) -> None:
+        rtt = self.server.rtt / 1000
+        if rtt:
+            time.sleep(rtt * (3 if self.handshake_pending else 1))
+        self.handshake_pending = False
         parts = urlsplit(self.path)
         body = self.server.body(unquote(parts.path.lstrip("/")), parse_qs(parts.query).get("v"))
         if body is None:
@@ -55,9 +70,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], directory: Path) -> None:
+    def __init__(self, address: tuple[str, int], directory: Path, rtt: int) -> None:
         super().__init__(address, _Handler)
         self.directory = directory.resolve()
+        self.rtt = rtt
         self.read = lru_cache(maxsize=64)(self._read)
 
     def _read(self, name: str) -> bytes | None:
@@ -79,10 +95,11 @@ class FileServer:
     Parameters:
       directory(Path): The folder whose files are served (not its sub-folders).
       port(int): 0 picks a free port.
+      rtt(int): Simulated round-trip time in ms (see the module's docstring); 0 for none.
     """
 
-    def __init__(self, directory: str | Path, *, port: int = 0) -> None:
-        self._server = _Server(("127.0.0.1", port), Path(directory))
+    def __init__(self, directory: str | Path, *, port: int = 0, rtt: int = 0) -> None:
+        self._server = _Server(("127.0.0.1", port), Path(directory), rtt)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="pdf-files", daemon=True)
 

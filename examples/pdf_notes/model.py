@@ -157,13 +157,19 @@ def _merge_points(parts: Sequence[ChunkNotes]) -> list[tuple[int, str]]:
     kept: list[tuple[int, str]] = []
     keys: list[set[str]] = []
     exact: dict[str, int] = {}
+    neighbours = 0  # where the previous part's points start in ``kept``
     for number, part in enumerate(parts):
+        start = len(kept)
         for point in part.key_points:
             normal = " ".join(re.findall(r"[^\W_]+", point.lower()))
             words = set(_words(point))
             match = exact.get(normal)
             if match is None:
-                match = next((k for k, other in enumerate(keys) if _near_duplicate(words, other)), None)
+                # Chunks overlap only with their neighbours, so a cut-off copy of a
+                # sentence can only be among the previous part's points (or this
+                # part's): comparing with those keeps a 2,000-page merge linear.
+                candidates = range(neighbours, len(keys))
+                match = next((k for k in candidates if _near_duplicate(words, keys[k])), None)
             if match is None:
                 exact[normal] = len(kept)
                 kept.append((number, point))
@@ -171,6 +177,7 @@ def _merge_points(parts: Sequence[ChunkNotes]) -> list[tuple[int, str]]:
             elif len(words) > len(keys[match]):
                 kept[match] = (kept[match][0], point)  # keep the whole sentence, not its cut-off piece
                 keys[match] = words
+        neighbours = start
     return kept
 
 

@@ -24,7 +24,9 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import requests
+from dramatiq.middleware import CurrentMessage
 
 from dramatiq_turbo import (
     CircuitOpenError,
@@ -39,6 +41,8 @@ from dramatiq_turbo import (
     step,
 )
 from dramatiq_turbo.batch import parallel
+from dramatiq_turbo.cache import Lookup
+from dramatiq_turbo.defer import Deferred, defer
 from dramatiq_turbo.telemetry.steps import StepTable, current_steps
 
 from .extract import Extracted, extract_text
@@ -84,6 +88,9 @@ class Settings:
       cache_ttl(int): Milliseconds a document's notes stay cached.
       ocr(bool | None): OCR pages without text: ``None`` when tesseract is installed.
       max_points(int): Key points in a document's notes, taken from its chunks in turn.
+      busy_wait(int): Milliseconds a job waits for another job computing the same
+        PDF before it defers its message (and frees its worker thread).
+      busy_defer(int): The delay of that deferral, in milliseconds.
       breaker_fail_max(int): Failed requests in a row that open ``breaker("llm")``.
       breaker_reset(int): Milliseconds the breaker stays open before a trial request.
       retry_min_backoff(int): The first retry's delay (ms) of a job that failed
@@ -96,13 +103,15 @@ class Settings:
     chunk_concurrency: int = 16
     llm_max: int = 1_000
     llm_duration: int = 1_000
-    llm_concurrency: int = 64
+    llm_concurrency: int = 128
     llm_max_wait: int = 30_000
     max_bytes: int = 64 * 1024 * 1024
     download_timeout: int = 120_000
     cache_ttl: int = 86_400_000
     ocr: bool | None = None
     max_points: int = 24
+    busy_wait: int = 250
+    busy_defer: int = 500
     breaker_fail_max: int = 5
     breaker_reset: int = 30_000
     retry_min_backoff: int = 1_000
@@ -119,7 +128,8 @@ class Settings:
                 raise ValueError(f"Settings.{field.name} must be an int >= {low}, got {value!r}")
         if self.overlap * 2 > self.chunk_tokens:
             raise ValueError(
-                f"Settings.overlap ({self.overlap}) must be at most half of chunk_tokens ({self.chunk_tokens})"
+                f"Settings.overlap ({self.overlap}) must be at most half of "
+                f"chunk_tokens ({self.chunk_tokens})"
             )
 
     @classmethod
@@ -277,7 +287,7 @@ class NotesPipeline:
             with _step_table() as table:
                 record, cached = self._run(source)
                 answer = _answer(record, cached=cached, table=table, started=started)
-        except CircuitOpenError:
+        except (CircuitOpenError, Deferred):
             raise  # a deferral, not a failure of the job
         except Exception:
             self.metrics.record_failure()
@@ -292,8 +302,7 @@ class NotesPipeline:
         with step("hash"):
             key = content_hash(data)
         with step("cache"):
-            # Waits while another worker computes the same PDF (single-flight).
-            lookup = self.cache.begin(f"notes:{key}")
+            lookup = self._lookup(f"notes:{key}")
         if lookup.found:
             return lookup.value, "wait" if lookup.waited == "value" else lookup.level
         try:
@@ -304,6 +313,24 @@ class NotesPipeline:
         with step("save"):
             parallel(lambda: self.store.save(record), lambda: lookup.complete(record, settings.cache_ttl))
         return record, None
+
+    def _lookup(self, key: str) -> Lookup:
+        """The cached notes, or the turn to compute them (single-flight).
+
+        While another job computes the same PDF, wait ``busy_wait`` ms for it,
+        then defer this message rather than hold a worker thread: it comes
+        back as a hit.  Outside a worker there is no message to defer, so the
+        wait lasts as long as the computation.
+        """
+        lookup = self.cache.begin(key, wait_timeout=self.settings.busy_wait)
+        if lookup.found or lookup.waited != "timeout":
+            return lookup
+        lookup.give_way()
+        message = CurrentMessage.get_current_message()
+        if message is None:
+            return self.cache.begin(key)
+        broker = dramatiq.get_broker()
+        defer(broker, message, delay=self.settings.busy_defer, reason="single_flight", jitter=200)
 
     def _compute(self, source: str, data: bytes, key: str) -> dict[str, Any]:
         settings = self.settings

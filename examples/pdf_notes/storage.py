@@ -193,7 +193,8 @@ class PostgresStore(_PerThread):
         # Two workers starting at once would race in CREATE TABLE IF NOT
         # EXISTS (it can fail with a unique violation): one at a time.
         with connection.transaction():
-            connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"dramatiq_turbo:{self.table}",))
+            lock = f"dramatiq_turbo:{self.table}"
+            connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
             connection.execute(_POSTGRES_SCHEMA.format(table=self.table))
 
     def connect(self) -> Any:

@@ -259,6 +259,41 @@ def test_get_many_set_many_and_delete_are_one_round_trip_each(redis_url, redis_c
     assert CountingConnection.snapshot()[1] - before[1] == 1
 
 
+@pytest.mark.parametrize("backend", ["l1", pytest.param("redis", marks=pytest.mark.integration)])
+def test_a_waiter_that_times_out_can_give_way_and_find_the_value_later(backend, make_cache, request):
+    redis = request.getfixturevalue("redis_url") if backend == "redis" else None
+    computing = make_cache(redis=redis)
+    # With Redis, the waiters are another process's cache: they wait on the lease, not the local flight.
+    waiting = make_cache(redis=redis, namespace=computing.namespace) if redis else computing
+    lookups, _, calls = _timed_out_lookups_across(computing, waiting)
+    assert calls == ["computed"], "nobody computed a second time"
+    assert lookups and all(not lookup.found and lookup.waited == "timeout" for lookup in lookups)
+    for lookup in lookups:
+        lookup.give_way()
+    assert waiting.get_or_compute("k", lambda: "second computation") == "value"
+    turn = waiting.begin("other")
+    with pytest.raises(ValueError, match="give_way"):
+        turn.give_way()
+    turn.abandon()
+
+
+def _timed_out_lookups_across(computing, waiting) -> tuple[list, threading.Event, list[str]]:
+    release, calls, lookups = threading.Event(), [], []
+
+    def stuck() -> str:
+        calls.append("computed")
+        release.wait(5)
+        return "value"
+
+    leader = threading.Thread(target=lambda: computing.get_or_compute("k", stuck))
+    leader.start()
+    time.sleep(0.05)
+    run_together([lambda: lookups.append(waiting.begin("k", wait_timeout=100)) for _ in range(3)])
+    release.set()
+    leader.join()
+    return lookups, release, calls
+
+
 @pytest.mark.integration
 def test_threads_and_two_caches_on_real_redis_compute_once(redis_url, redis_client, make_cache):
     caches = [make_cache(redis=redis_url), None]
