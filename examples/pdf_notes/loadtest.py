@@ -126,6 +126,30 @@ class Services:
     threads: int
     folder: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Per variant: the machine's CPU while its jobs ran (see ``_cpu``).
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def _cpu_jiffies() -> tuple[int, int]:
+    """The machine's busy and total CPU time so far, in clock ticks (Linux ``/proc/stat``)."""
+    try:
+        with open("/proc/stat") as stat:
+            values = [int(v) for v in stat.readline().split()[1:]]
+    except OSError:
+        return 0, 0
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return sum(values) - idle, sum(values)
+
+
+def _cpu(before: tuple[int, int], after: tuple[int, int]) -> dict[str, float]:
+    # Whether a run was bound by the CPUs: on a 2-core machine the pipeline's
+    # own work (extraction, HTTP, Redis) is the floor once waiting is gone.
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return {
+        "busy_share": round(busy / total, 3) if total else 0.0,
+        "cpu_seconds": round(busy / os.sysconf("SC_CLK_TCK"), 2),
+        "cores": os.cpu_count() or 1,
+    }
 
 
 def _start_model_server(latency: int) -> tuple[subprocess.Popen[bytes], str]:
@@ -244,8 +268,10 @@ def run_variant(
         broker_url=services.broker_url, namespace=namespace, queue=namespace, db=env["TURBO_NOTES_DB"]
     )
     try:
+        before = _cpu_jiffies()
         records = [Record(job, time.time(), app.actor.send(job.url(services.files.url))) for job in jobs]
         _collect(app, records, variant, deadline_s)
+        services.cpu[variant] = _cpu(before, _cpu_jiffies())
         alone = []
         for job in probes:
             alone.append(Record(job, time.time(), app.actor.send(job.url(services.files.url))))
@@ -441,6 +467,14 @@ def report(
             f"| {d['pdf']} | {d['naive_ms'] / 1000:.2f} s | {d['hit_ms']:.2f} ms | {d['speedup']:.0f}x "
             f"| >= {d['target']}x: {verdict} |"
         )
+    lines.append("")
+    for variant in VARIANTS:
+        cpu = figures[variant]["cpu"]
+        per_job = cpu["cpu_seconds"] / max(1, figures[variant]["jobs"]) * 1000
+        lines.append(
+            f"{variant}: the machine's {cpu['cores']} cores were {cpu['busy_share']:.0%} busy while its "
+            f"jobs ran ({cpu['cpu_seconds']:.1f} CPU-s, {per_job:.0f} ms per job, all processes included)"
+        )
     for variant in VARIANTS:
         for error in figures[variant]["errors"]:
             lines.append(f"\n{variant} failure (with its reason): {error}")
@@ -553,10 +587,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             services = Services(files, model_url, args.broker, args.workers, args.threads, Path(folder))
             results["naive"], _ = run_variant("naive", jobs, services, args.deadline)
             results["turbo"], alone = run_variant("turbo", jobs, services, args.deadline, probes=probes)
+            cpus = services.cpu
     finally:
         model.terminate()
         model.wait(timeout=10)
     figures: dict[str, Any] = {variant: summarize(records) for variant, records in results.items()}
+    for variant in VARIANTS:
+        figures[variant]["cpu"] = cpus[variant]
     table = rows(results["naive"], results["turbo"], figures)
     docs = per_document(results["naive"], alone)
     figures["improvement"] = improvements(table, docs)
