@@ -19,8 +19,9 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .app import create_app
+from .app import create_app, size_pools
 from .embedded import Embedded, Outcome, collect, format_notes
+from .pipeline import Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +61,7 @@ def _print(outcomes: Sequence[Outcome], as_json: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    size_pools(Settings.from_env())
     if args.broker:
         outcomes = _remote(args)
     else:

@@ -28,7 +28,7 @@ from .model import ChatModel
 from .pipeline import LLM, NotesPipeline, Settings, SourceError, llm_gate, naive_notes
 from .storage import open_store
 
-__all__ = ["QUEUE", "App", "create_app", "create_naive_app", "make_broker"]
+__all__ = ["QUEUE", "App", "create_app", "create_naive_app", "make_broker", "size_pools"]
 
 #: The queue both actors use by default.
 QUEUE = "pdf-notes"
@@ -84,10 +84,14 @@ def _redis_for(broker_url: str | None, redis_url: str | None) -> str | None:
     return None
 
 
-def _pool_sizes(settings: Settings) -> None:
-    # Every worker thread may ask chunk_concurrency chunks at once: the
-    # process's thread pool and HTTP pool must hold that many, or chunks
-    # queue behind each other.  Only defaults: the environment wins.
+def size_pools(settings: Settings) -> None:
+    """Size this process's thread pool and HTTP pool for the pipeline (call it where a process starts).
+
+    Every worker thread may ask ``chunk_concurrency`` chunks at once: the
+    pools must hold that many, or chunks queue behind each other.  It sets
+    defaults of the environment (``TURBO_POOL_THREADS``, ``TURBO_HTTP_POOL_SIZE``),
+    which the process and its children read; values already set win.
+    """
     wanted = str(max(16, settings.chunk_concurrency * 8))
     os.environ.setdefault("TURBO_POOL_THREADS", wanted)
     os.environ.setdefault("TURBO_HTTP_POOL_SIZE", wanted)
@@ -119,7 +123,6 @@ def create_app(
       broker(dramatiq.Broker | None): Use this broker instead of making one from ``broker_url``.
     """
     settings = settings or Settings.from_env()
-    _pool_sizes(settings)
     redis_url = _redis_for(broker_url, redis_url)
     broker = broker or make_broker(broker_url, namespace=namespace)
     # `dramatiq examples.pdf_notes.worker` runs the module's global broker.

@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from .app import size_pools
 from .embedded import Embedded, Outcome, format_notes
 from .fileserver import FileServer
 from .pdfgen import make_sample_pdfs
@@ -84,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     settings = Settings(chunk_tokens=args.chunk_tokens, overlap=50)
+    size_pools(settings)
     with tempfile.TemporaryDirectory(prefix="pdf-notes-demo-") as folder:
         work = Path(folder)
         pdfs = make_sample_pdfs(work / "pdfs")
