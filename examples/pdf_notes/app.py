@@ -28,7 +28,7 @@ from .model import ChatModel
 from .pipeline import LLM, NotesPipeline, Settings, SourceError, llm_gate, naive_notes
 from .storage import open_store
 
-__all__ = ["QUEUE", "App", "create_app", "create_naive_app", "make_broker", "size_pools"]
+__all__ = ["QUEUE", "App", "app_from_env", "create_app", "create_naive_app", "make_broker", "size_pools"]
 
 #: The queue both actors use by default.
 QUEUE = "pdf-notes"
@@ -82,6 +82,23 @@ def _redis_for(broker_url: str | None, redis_url: str | None) -> str | None:
     if broker_url and broker_url.startswith(("redis://", "rediss://", "unix://")):
         return broker_url
     return None
+
+
+def app_from_env(factory: Callable[..., App], *, module: str, db: str, namespace: str) -> App:
+    """The app a worker module runs, configured by the environment (see ``examples.pdf_notes.worker``)."""
+    url = os.environ.get("TURBO_BROKER_URL")
+    if not url:
+        raise RuntimeError(f"set TURBO_BROKER_URL (redis:// or amqp://) for dramatiq {module}")
+    settings = Settings.from_env()
+    size_pools(settings)  # this process is a worker: its pools are the pipeline's
+    return factory(
+        settings=settings,
+        broker_url=url,
+        redis_url=os.environ.get("TURBO_REDIS_URL") or None,
+        db=os.environ.get("TURBO_NOTES_DB", db),
+        namespace=os.environ.get("TURBO_NOTES_NAMESPACE", namespace),
+        queue=os.environ.get("TURBO_NOTES_QUEUE", QUEUE),
+    )
 
 
 def size_pools(settings: Settings) -> None:

@@ -7,22 +7,13 @@ on a plain Dramatiq broker without the suite.
 
 from __future__ import annotations
 
-import os
+from .app import app_from_env, create_naive_app
 
-from .app import QUEUE, create_naive_app
-
-_url = os.environ.get("TURBO_BROKER_URL")
-if not _url:
-    raise RuntimeError(
-        "set TURBO_BROKER_URL (redis:// or amqp://) for dramatiq examples.pdf_notes.naive_worker"
-    )
-
-app = create_naive_app(
-    broker_url=_url,
-    redis_url=os.environ.get("TURBO_REDIS_URL") or None,
-    db=os.environ.get("TURBO_NOTES_DB", "pdf_notes_naive.sqlite3"),
-    namespace=os.environ.get("TURBO_NOTES_NAMESPACE", "pdf-notes-naive"),
-    queue=os.environ.get("TURBO_NOTES_QUEUE", QUEUE),
+app = app_from_env(
+    create_naive_app,
+    module="examples.pdf_notes.naive_worker",
+    db="pdf_notes_naive.sqlite3",
+    namespace="pdf-notes-naive",
 )
 broker = app.broker
 generate_notes_naive = app.actor

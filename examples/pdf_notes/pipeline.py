@@ -100,10 +100,10 @@ class Settings:
 
     chunk_tokens: int = 2_000
     overlap: int = 100
-    chunk_concurrency: int = 16
+    chunk_concurrency: int = 32
     llm_max: int = 1_000
     llm_duration: int = 1_000
-    llm_concurrency: int = 128
+    llm_concurrency: int = 256
     llm_max_wait: int = 30_000
     max_bytes: int = 64 * 1024 * 1024
     download_timeout: int = 120_000

@@ -102,11 +102,33 @@ def _row(record: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-class _PerThread:
-    """One connection per thread and process, made by ``connect`` on first use."""
+class _SqlStore:
+    """The upsert and reads both engines share, on one connection per thread and process.
+
+    Subclasses set ``placeholder`` (their driver's parameter marker) and
+    ``table``, and make connections with ``connect``.
+    """
+
+    placeholder = "?"
+    table = "notes"
 
     def __init__(self) -> None:
         self._local = threading.local()
+
+    def save(self, record: Mapping[str, Any]) -> None:
+        self.connection().execute(_UPSERT.format(p=self.placeholder, table=self.table), _row(record))
+
+    def get(self, content_hash: str) -> dict[str, Any] | None:
+        query = f"SELECT notes, saves FROM {self.table} WHERE content_hash = {self.placeholder}"
+        found = self.connection().execute(query, (content_hash,)).fetchone()
+        if found is None:
+            return None
+        # PostgreSQL hands JSONB back decoded, SQLite as text.
+        notes = found[0] if isinstance(found[0], dict) else json.loads(found[0])
+        return {**notes, "saves": found[1]}
+
+    def count(self) -> int:
+        return int(self.connection().execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])
 
     def connection(self) -> Any:
         current = getattr(self._local, "connection", None)
@@ -125,7 +147,7 @@ class _PerThread:
         self._local.connection = None
 
 
-class SqliteStore(_PerThread):
+class SqliteStore(_SqlStore):
     """Notes in an SQLite file, safe for several threads and processes.
 
     WAL mode lets readers and one writer work at once; a writer that finds
@@ -151,33 +173,19 @@ class SqliteStore(_PerThread):
         connection.execute(f"PRAGMA busy_timeout={int(self.busy_timeout)}")
         return connection
 
-    def save(self, record: Mapping[str, Any]) -> None:
-        self.connection().execute(_UPSERT.format(p="?", table=self.table), _row(record))
-
-    def get(self, content_hash: str) -> dict[str, Any] | None:
-        found = (
-            self.connection()
-            .execute(f"SELECT notes, saves FROM {self.table} WHERE content_hash = ?", (content_hash,))
-            .fetchone()
-        )
-        if found is None:
-            return None
-        return {**json.loads(found[0]), "saves": found[1]}
-
-    def count(self) -> int:
-        return int(self.connection().execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])
-
     def __repr__(self) -> str:
         return f"SqliteStore({str(self.path)!r})"
 
 
-class PostgresStore(_PerThread):
+class PostgresStore(_SqlStore):
     """Notes in PostgreSQL (``psycopg`` 3, autocommit; notes kept as ``JSONB``).
 
     Parameters:
       dsn(str): A ``postgresql://`` connection string.
       table(str): The table's name.
     """
+
+    placeholder = "%s"
 
     def __init__(self, dsn: str, *, table: str = "notes") -> None:
         super().__init__()
@@ -201,23 +209,6 @@ class PostgresStore(_PerThread):
         import psycopg
 
         return psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
-
-    def save(self, record: Mapping[str, Any]) -> None:
-        self.connection().execute(_UPSERT.format(p="%s", table=self.table), _row(record))
-
-    def get(self, content_hash: str) -> dict[str, Any] | None:
-        found = (
-            self.connection()
-            .execute(f"SELECT notes, saves FROM {self.table} WHERE content_hash = %s", (content_hash,))
-            .fetchone()
-        )
-        if found is None:
-            return None
-        notes = found[0] if isinstance(found[0], dict) else json.loads(found[0])
-        return {**notes, "saves": found[1]}
-
-    def count(self) -> int:
-        return int(self.connection().execute(f"SELECT count(*) FROM {self.table}").fetchone()[0])
 
     def __repr__(self) -> str:
         # The DSN may hold a password: show only where it points.

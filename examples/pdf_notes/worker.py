@@ -18,24 +18,10 @@ the same pipeline:
 
 from __future__ import annotations
 
-import os
+from .app import app_from_env, create_app
 
-from .app import QUEUE, create_app, size_pools
-from .pipeline import Settings
-
-_url = os.environ.get("TURBO_BROKER_URL")
-if not _url:
-    raise RuntimeError("set TURBO_BROKER_URL (redis:// or amqp://) for dramatiq examples.pdf_notes.worker")
-
-settings = Settings.from_env()
-size_pools(settings)  # this process is a worker: its pools are the pipeline's
-app = create_app(
-    settings=settings,
-    broker_url=_url,
-    redis_url=os.environ.get("TURBO_REDIS_URL") or None,
-    db=os.environ.get("TURBO_NOTES_DB", "pdf_notes.sqlite3"),
-    namespace=os.environ.get("TURBO_NOTES_NAMESPACE", "pdf-notes"),
-    queue=os.environ.get("TURBO_NOTES_QUEUE", QUEUE),
+app = app_from_env(
+    create_app, module="examples.pdf_notes.worker", db="pdf_notes.sqlite3", namespace="pdf-notes"
 )
 broker = app.broker
 generate_notes = app.actor

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import os
 import threading
 import uuid
 from collections.abc import Iterator
@@ -11,9 +10,6 @@ from collections.abc import Iterator
 import pytest
 
 from examples.pdf_notes.storage import NotesStore, PostgresStore, SqliteStore, open_store
-from tests import harness
-
-POSTGRES_DSN = os.environ.get("TURBO_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _record(key: str, title: str, **extra: object) -> dict[str, object]:
@@ -28,26 +24,10 @@ def _record(key: str, title: str, **extra: object) -> dict[str, object]:
     }
 
 
-def _probe_postgres() -> str | None:
-    try:
-        import psycopg
-
-        psycopg.connect(POSTGRES_DSN, connect_timeout=3).close()
-    except Exception as error:
-        return f"{type(error).__name__}: {error}"
-    return None
-
-
 @pytest.fixture
-def postgres_store() -> Iterator[PostgresStore]:
-    problem = _probe_postgres()
-    if problem is not None:
-        message = f"PostgreSQL is not reachable at {POSTGRES_DSN} ({problem})"
-        if harness.IN_CI:
-            pytest.fail(f"CI=true: {message}", pytrace=False)
-        pytest.skip(message)
+def postgres_store(postgres_dsn: str) -> Iterator[PostgresStore]:
     table = f"notes_test_{uuid.uuid4().hex[:10]}"
-    store = PostgresStore(POSTGRES_DSN, table=table)
+    store = PostgresStore(postgres_dsn, table=table)
     yield store
     store.connection().execute(f"DROP TABLE IF EXISTS {table}")
     store.close()

@@ -26,7 +26,6 @@ from examples.pdf_notes.pdfgen import make_text_pdf
 from examples.pdf_notes.storage import PostgresStore
 from tests import harness
 from tests.pdf_notes.test_pipeline import _document
-from tests.pdf_notes.test_storage import POSTGRES_DSN, _probe_postgres
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -34,21 +33,15 @@ LLM_MAX = 10
 
 
 @pytest.fixture
-def database() -> Iterator[str]:
+def database(postgres_dsn: str) -> Iterator[str]:
     """A PostgreSQL database of its own, dropped afterwards."""
-    problem = _probe_postgres()
-    if problem is not None:
-        message = f"PostgreSQL is not reachable at {POSTGRES_DSN} ({problem})"
-        if harness.IN_CI:
-            pytest.fail(f"CI=true: {message}", pytrace=False)
-        pytest.skip(message)
     import psycopg
 
     name = f"notes_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
-    yield POSTGRES_DSN.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(POSTGRES_DSN, autocommit=True) as admin:
+    yield postgres_dsn.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
