@@ -145,20 +145,7 @@ def create_app(
     # `dramatiq examples.pdf_notes.worker` runs the module's global broker.
     dramatiq.set_broker(broker)
     backend = _results(broker, redis_url, namespace)
-    client = connect_redis(redis_url) if redis_url else None
-    # The gates get this app's namespace, so two apps on one Redis (the load
-    # test's runs, say) never share limits or breakers by accident.
-    install(
-        broker,
-        redis=client,
-        rate_limit=RateLimiter(redis=client, namespace=f"turbo:rl:{namespace}"),
-        breaker=CircuitBreaker(
-            redis=client,
-            namespace=f"turbo:breaker:{namespace}",
-            settings={LLM: {"fail_max": settings.breaker_fail_max, "reset_timeout": settings.breaker_reset}},
-            jitter=min(1_000, settings.breaker_reset // 5),
-        ),
-    )
+    _install_suite(broker, redis_url, settings, namespace)
     pipelines = PerProcess(lambda: _build_pipeline(redis_url, db, model_url, settings, namespace))
     broker.add_middleware(_BuildOnBoot(lambda: pipelines.get().warm_up()))
     # The pipeline defers its own message while the same PDF is computed elsewhere.
@@ -176,6 +163,25 @@ def create_app(
         min_backoff=settings.retry_min_backoff,
     )
     return App(broker=broker, backend=backend, actor=actor, redis_url=redis_url, db=db)
+
+
+def _install_suite(
+    broker: dramatiq.Broker, redis_url: str | None, settings: Settings, namespace: str
+) -> None:
+    client = connect_redis(redis_url) if redis_url else None
+    # The gates get this app's namespace, so two apps on one Redis (the load
+    # test's runs, say) never share limits or breakers by accident.
+    install(
+        broker,
+        redis=client,
+        rate_limit=RateLimiter(redis=client, namespace=f"turbo:rl:{namespace}"),
+        breaker=CircuitBreaker(
+            redis=client,
+            namespace=f"turbo:breaker:{namespace}",
+            settings={LLM: {"fail_max": settings.breaker_fail_max, "reset_timeout": settings.breaker_reset}},
+            jitter=min(1_000, settings.breaker_reset // 5),
+        ),
+    )
 
 
 class _BuildOnBoot(Middleware):
