@@ -56,15 +56,21 @@ class StepTable:
         self._start = time.perf_counter()
         self._token: contextvars.Token[StepTable | None] | None = None
 
-    def add(self, name: str, ms: float) -> None:
-        """Add ``ms`` milliseconds to step ``name``."""
+    def add(self, name: str, ms: float, *, count: int = 1) -> None:
+        """Add ``ms`` milliseconds, taken by ``count`` runs, to step ``name``.
+
+        ``count`` lets a table be rebuilt from another's ``rows`` (a job's
+        result, say) with its counts.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValueError(f"count must be an int >= 1, got {count!r}")
         with self._lock:
             row = self._rows.get(name)
             if row is None:
-                self._rows[name] = [ms, 1]
+                self._rows[name] = [ms, count]
             else:
                 row[0] += ms
-                row[1] += 1
+                row[1] += count
 
     def __len__(self) -> int:
         """How many distinct steps ran."""

@@ -84,6 +84,17 @@ def _redis_for(broker_url: str | None, redis_url: str | None) -> str | None:
     return None
 
 
+def _broker(
+    broker: dramatiq.Broker | None, broker_url: str | None, redis_url: str | None, namespace: str
+) -> tuple[dramatiq.Broker, Any, str | None]:
+    """The app's broker (made from ``broker_url`` unless given), its results backend and shared Redis."""
+    redis_url = _redis_for(broker_url, redis_url)
+    broker = broker or make_broker(broker_url, namespace=namespace)
+    # `dramatiq examples.pdf_notes.worker` runs the module's global broker.
+    dramatiq.set_broker(broker)
+    return broker, _results(broker, redis_url, namespace), redis_url
+
+
 def app_from_env(factory: Callable[..., App], *, module: str, db: str, namespace: str) -> App:
     """The app a worker module runs, configured by the environment (see ``examples.pdf_notes.worker``)."""
     url = os.environ.get("TURBO_BROKER_URL")
@@ -140,11 +151,7 @@ def create_app(
       broker(dramatiq.Broker | None): Use this broker instead of making one from ``broker_url``.
     """
     settings = settings or Settings.from_env()
-    redis_url = _redis_for(broker_url, redis_url)
-    broker = broker or make_broker(broker_url, namespace=namespace)
-    # `dramatiq examples.pdf_notes.worker` runs the module's global broker.
-    dramatiq.set_broker(broker)
-    backend = _results(broker, redis_url, namespace)
+    broker, backend, redis_url = _broker(broker, broker_url, redis_url, namespace)
     _install_suite(broker, redis_url, settings, namespace)
     pipelines = PerProcess(lambda: _build_pipeline(redis_url, db, model_url, settings, namespace))
     broker.add_middleware(_BuildOnBoot(lambda: pipelines.get().warm_up()))
@@ -223,14 +230,10 @@ def create_naive_app(
 ) -> App:
     """The naive twin: a plain broker (no suite), ``generate_notes_naive`` declared; see ``create_app``."""
     settings = settings or Settings.from_env()
-    redis_url = _redis_for(broker_url, redis_url)
-    broker = broker or make_broker(broker_url, namespace=namespace)
-    dramatiq.set_broker(broker)
-    backend = _results(broker, redis_url, namespace)
-    url = model_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
+    broker, backend, redis_url = _broker(broker, broker_url, redis_url, namespace)
 
     def generate_notes_naive(source: str) -> dict[str, Any]:
-        return naive_notes(source, model_url=url, db=db, settings=settings)
+        return naive_notes(source, model_url=model_url, db=db, settings=settings)
 
     # Even a naive deployment does not retry a document that can never work.
     actor = dramatiq.actor(

@@ -143,9 +143,7 @@ def format_steps(rows: Sequence[Sequence[Any]], total_ms: float) -> str:
     """A result's ``steps`` as the guide's step table, bottleneck marked."""
     table = StepTable()
     for name, ms, count in rows:
-        table.add(name, float(ms))
-        for _ in range(int(count) - 1):
-            table.add(name, 0.0)  # the time is in the first add; this counts the run
+        table.add(name, float(ms), count=int(count))
     return table.format(total_ms)
 
 

@@ -366,8 +366,13 @@ class NotesPipeline:
         return [part for part in batch.results if part is not None]
 
 
-def naive_notes(source: str, *, model_url: str, db: str, settings: Settings | None = None) -> dict[str, Any]:
-    """The same job the way the guide's "before" does it (see the module's docstring)."""
+def naive_notes(
+    source: str, *, model_url: str | None, db: str, settings: Settings | None = None
+) -> dict[str, Any]:
+    """The same job the way the guide's "before" does it (see the module's docstring).
+
+    ``model_url`` ``None`` means ``OPENAI_BASE_URL``, as for ``ChatModel``.
+    """
     settings = settings or Settings()
     started = time.perf_counter()
     with StepTable() as table, requests.Session() as session:

@@ -23,29 +23,17 @@ from typing import Any, Protocol
 
 __all__ = ["NotesStore", "PostgresStore", "SqliteStore", "open_store"]
 
-_SQLITE_SCHEMA = """
+# One table for both engines; only the types of the notes and the time differ.
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS {table} (
     content_hash TEXT PRIMARY KEY,
     source TEXT NOT NULL,
     title TEXT NOT NULL,
     pages INTEGER NOT NULL,
     chunks INTEGER NOT NULL,
-    notes TEXT NOT NULL,
+    notes {json} NOT NULL,
     saves INTEGER NOT NULL DEFAULT 1,
-    updated_at REAL NOT NULL
-)
-"""
-
-_POSTGRES_SCHEMA = """
-CREATE TABLE IF NOT EXISTS {table} (
-    content_hash TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    title TEXT NOT NULL,
-    pages INTEGER NOT NULL,
-    chunks INTEGER NOT NULL,
-    notes JSONB NOT NULL,
-    saves INTEGER NOT NULL DEFAULT 1,
-    updated_at DOUBLE PRECISION NOT NULL
+    updated_at {seconds} NOT NULL
 )
 """
 
@@ -165,7 +153,7 @@ class SqliteStore(_SqlStore):
         self.busy_timeout = busy_timeout
         self.table = _table(table)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.connection().execute(_SQLITE_SCHEMA.format(table=self.table))
+        self.connection().execute(_SCHEMA.format(table=self.table, json="TEXT", seconds="REAL"))
 
     def connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, timeout=self.busy_timeout / 1000, isolation_level=None)
@@ -203,7 +191,7 @@ class PostgresStore(_SqlStore):
         with connection.transaction():
             lock = f"dramatiq_turbo:{self.table}"
             connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (lock,))
-            connection.execute(_POSTGRES_SCHEMA.format(table=self.table))
+            connection.execute(_SCHEMA.format(table=self.table, json="JSONB", seconds="DOUBLE PRECISION"))
 
     def connect(self) -> Any:
         import psycopg

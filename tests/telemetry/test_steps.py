@@ -48,6 +48,19 @@ def test_repeated_steps_are_one_row_and_one_step_has_no_bottleneck() -> None:
     assert table.format(20) == "page: 7.75ms (x2) <- Bottleneck!\nsave: 1.00ms\nTotal: 20ms"
 
 
+def test_a_table_rebuilt_from_rows_keeps_their_counts() -> None:
+    original = StepTable()
+    for ms in (3.5, 4.25, 1.0):
+        original.add("page", ms)
+    original.add("save", 2.0)
+    rebuilt = StepTable()
+    for name, ms, count in original.rows:
+        rebuilt.add(name, ms, count=count)
+    assert rebuilt.rows == original.rows == [("page", 8.75, 3), ("save", 2.0, 1)]
+    with pytest.raises(ValueError, match="count"):
+        rebuilt.add("page", 1.0, count=0)
+
+
 def test_steps_outside_a_job_use_an_explicit_table() -> None:
     assert current_steps() is None
     with StepTable() as table:
