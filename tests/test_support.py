@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from dramatiq_turbo import events
 from dramatiq_turbo.cli import main
-from dramatiq_turbo.marks import is_cache_hit, mark_cache_hit
+from dramatiq_turbo.core.delivery import current_delivery, delivery_of, is_cache_hit
 from dramatiq_turbo.options import get_option, require_ms
 from dramatiq_turbo.outage import Outage
 
@@ -93,12 +93,15 @@ def test_outage_logs_once_per_outage_and_counts(caplog):
 
 
 def test_cache_hit_mark_lives_on_the_delivery_only():
+    broker = StubBroker()
     message = dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
     proxy = dramatiq.broker.MessageProxy(message)
-    assert not is_cache_hit(proxy)
-    mark_cache_hit(proxy)
-    assert is_cache_hit(proxy)
-    assert message.options == {} and not is_cache_hit(dramatiq.broker.MessageProxy(message))
+    assert not is_cache_hit(proxy) and current_delivery(proxy) is None
+    delivery_of(broker, proxy).cache_hit = True
+    assert is_cache_hit(proxy) and delivery_of(broker, proxy) is current_delivery(proxy)
+    redelivered = dramatiq.broker.MessageProxy(message)
+    assert message.options == {} and not is_cache_hit(redelivered), "a new delivery starts afresh"
+    assert not vars(proxy).keys() - {"_message", "_exception", "failed"}, "nothing is set on the message"
 
 
 def test_cli_version_and_help(capsys):

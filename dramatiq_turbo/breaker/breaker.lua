@@ -9,7 +9,8 @@
 --       lease, failure_rate (0 = off), window, min_calls, probe,
 --       gen (record), outcome ("success" | "failure" | "ignore") (record), token
 --
--- Reply: {admitted (0/1), state, gen, retry_at, now, previous state or ""}
+-- Reply: {admitted (0/1), state, gen, retry_at, now, previous state or "", fails}
+-- (fails: the consecutive failures counted now, so a process knows whether a success has any to reset)
 local state_key, permits_key, window_key = KEYS[1], KEYS[2], KEYS[3]
 local op = ARGV[1]
 local fail_max = tonumber(ARGV[2])
@@ -27,10 +28,11 @@ local token = ARGV[12]
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local fields = redis.call("HMGET", state_key, "state", "gen", "open_until")
+local fields = redis.call("HMGET", state_key, "state", "gen", "open_until", "fails")
 local state = fields[1] or "closed"
 local gen = tonumber(fields[2] or "0")
 local open_until = tonumber(fields[3] or "0")
+local fails = tonumber(fields[4] or "0")
 local previous = ""
 -- Keep the state as long as it matters, and no longer.
 local ttl = math.max(reset_timeout, window, lease) * 4 + 60000
@@ -40,6 +42,7 @@ local function trip()
   state = "open"
   gen = gen + 1
   open_until = now + reset_timeout
+  fails = 0
   redis.call("HSET", state_key, "state", state, "gen", gen, "open_until", open_until, "fails", 0, "successes", 0)
   redis.call("DEL", permits_key, window_key)
 end
@@ -48,6 +51,7 @@ local function close()
   previous = state
   state = "closed"
   gen = gen + 1
+  fails = 0
   redis.call("HSET", state_key, "state", state, "gen", gen, "open_until", 0, "fails", 0, "successes", 0)
   redis.call("DEL", permits_key, window_key)
 end
@@ -105,10 +109,10 @@ if op == "acquire" then
 elseif op == "record" then
   if call_gen == gen then
     if state == "closed" and outcome ~= "ignore" then
-      local fails = 0
       if outcome == "failure" then
         fails = redis.call("HINCRBY", state_key, "fails", 1)
       else
+        fails = 0
         redis.call("HSET", state_key, "fails", 0)
       end
       local tripped = fails >= fail_max
@@ -141,4 +145,4 @@ elseif op == "record" then
 end
 
 redis.call("PEXPIRE", state_key, ttl)
-return {admitted, state, gen, retry_at, now, previous}
+return {admitted, state, gen, retry_at, now, previous, fails}

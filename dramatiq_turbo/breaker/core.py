@@ -12,13 +12,24 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import pybreaker
 
+from ..core.delivery import Call, send_calls
 from ..events import record
 from ..outage import Outage
-from .store import STATE_CLOSED, STATE_HALF_OPEN, STATE_OPEN, BreakerStore, MemoryStore, Reply, Settings
+from .store import (
+    STATE_CLOSED,
+    STATE_HALF_OPEN,
+    STATE_OPEN,
+    BreakerStore,
+    MemoryStore,
+    RedisStore,
+    Reply,
+    Settings,
+    reply_of,
+)
 
 __all__ = ["Admission", "Breaker", "CircuitOpenError", "breaker", "current_admission"]
 
@@ -83,9 +94,13 @@ class Breaker:
 
     Calls are admitted and reported through a store (Redis, or this
     process's memory while Redis is down).  Nothing holds a lock while a call
-    runs, so concurrent calls are never serialized.  The last open period
-    learnt from the store is kept locally, so while the breaker is known to be
-    open a call is refused without asking Redis.
+    runs, so concurrent calls are never serialized.  What the store last said
+    is kept locally: while the breaker is known to be open a call is refused
+    without asking Redis, and while it is known to be closed with no failures
+    counted a call is admitted without asking, and its success is not
+    reported (there is nothing to reset).  "Known closed" lasts ``staleness`` ms after Redis said
+    so (each reply renews it), so a process learns of a trip by another
+    process within that time (or at its own next failure, whichever is first).
 
     Parameters:
       name(str): The dependency's name.
@@ -96,6 +111,8 @@ class Breaker:
         changes this process makes (``state_change``) and of outcomes
         (``success``/``failure``).
       outage(Outage): Tracks the shared store's outages.
+      staleness(int): Milliseconds a "closed" learnt from the shared store is
+        trusted without asking again; at most a quarter of ``reset_timeout``.
     """
 
     def __init__(
@@ -107,6 +124,7 @@ class Breaker:
         exclude: tuple[type[BaseException], ...] = (),
         listeners: Iterable[Any] = (),
         outage: Outage | None = None,
+        staleness: int = 50,
     ) -> None:
         self.name = name
         self.settings = settings
@@ -117,7 +135,13 @@ class Breaker:
         self.outage = outage or Outage(component="breaker", logger=logger)
         #: Until when (monotonic seconds) this process knows the breaker is open.
         self._open_until = 0.0
-        self._retry_at_ms = 0
+        self.staleness = min(staleness, settings.reset_timeout // 4) / 1000
+        #: Until when (monotonic seconds) "closed in generation ``_generation``
+        #: with ``_fails`` failures" holds without asking the shared store.
+        self._closed_until = 0.0
+        self._generation = 0
+        self._fails = 0
+        self._learnt = (0, 0)  # (Redis time, generation) of the newest reply learnt
         #: State transitions made by this process, and calls refused, by kind.
         self.counts: Counter[str] = Counter()
         self.state = STATE_CLOSED
@@ -126,15 +150,44 @@ class Breaker:
 
     def acquire(self) -> Admission:
         """Admit one call, or raise ``CircuitOpenError``."""
+        admission = self.admit_locally()
+        if admission is not None:
+            return admission
+        token = uuid.uuid4().hex
+        return self.admission_from(self.acquire_call(token), token)
+
+    def admit_locally(self) -> Admission | None:
+        """An admission decided without Redis, or ``None`` when the store must be asked.
+
+        Raises:
+          CircuitOpenError: while the breaker is known to be open.
+        """
         now = time.monotonic()
         if now < self._open_until:
             self._reject(int((self._open_until - now) * 1000) + 1)
-        token = uuid.uuid4().hex
-        store, reply = self._ask(lambda s: s.acquire(self.name, self.settings, token))
+        # Only a clean closed state is trusted: with failures counted, the next
+        # one may trip the breaker in another process at any moment.
+        if self.shared is not None and now < self._closed_until and self._fails == 0:
+            return Admission(self, self._generation, "", self.shared, now, STATE_CLOSED)
+        return None
+
+    def acquire_call(self, token: str) -> Call | None:
+        """The Redis call that asks for an admission, or ``None`` to ask this process's store."""
+        if not isinstance(self.shared, RedisStore) or self.outage.active:
+            return None
+        return self.shared.call(self.name, self.settings, "acquire", token=token)
+
+    def admission_from(self, call: Call | None, token: str) -> Admission:
+        """The admission the store gave ``token`` (in ``call``'s reply, or asked now).
+
+        Raises:
+          CircuitOpenError: when it refused.
+        """
+        store, reply = self._answer(call, lambda s: s.acquire(self.name, self.settings, token))
         if not reply.admitted:
             wait = max(1, reply.retry_at - reply.now)
             if reply.state == STATE_OPEN:
-                self._open_until = now + wait / 1000
+                self._open_until = time.monotonic() + wait / 1000
             self._reject(wait)
         return Admission(self, reply.generation, token, store, time.monotonic(), reply.state)
 
@@ -146,23 +199,31 @@ class Breaker:
         A call slower than ``slow_call`` is a failure even when it succeeded;
         an error in ``exclude`` (or ``ignore=True``) counts as nothing.
         """
-        elapsed = (time.monotonic() - admission.started) * 1000
-        if ignore or (error is not None and isinstance(error, self.exclude)):
-            outcome = "ignore"
-        elif error is not None or elapsed > self.settings.slow_call:
-            outcome = "failure"
-        else:
-            outcome = "success"
-        self._notify_outcome(outcome, error, elapsed)
+        call = self.record_call(admission, error, ignore=ignore)
+        if call is not None:
+            send_calls([call])
+
+    def record_call(
+        self, admission: Admission, error: BaseException | None = None, *, ignore: bool = False
+    ) -> Call | None:
+        """``record``, with the Redis call it needs returned instead of sent (``None``: none needed)."""
+        outcome = self._outcome(admission, error, ignore)
+        self._notify_outcome(outcome, error, (time.monotonic() - admission.started) * 1000)
         store = admission.store
-        try:
-            reply = store.record(self.name, self.settings, admission.generation, outcome, admission.token)
-        except Exception as error_:
-            self.outage.failed(error_)
-            return
-        if store is self.shared:
-            self.outage.succeeded()
-        self._learn(reply)
+        if store is not self.shared or not isinstance(store, RedisStore):
+            self._record_here(store, admission, outcome)
+            return None
+        if self._needless(admission, outcome):
+            return None
+        return store.call(
+            self.name,
+            self.settings,
+            "record",
+            generation=admission.generation,
+            outcome=outcome,
+            token=admission.token,
+            then=lambda reply: self._recorded(reply, outcome),
+        )
 
     def release(self, admission: Admission) -> None:
         """Give back an admission whose call did not run (deferred or skipped)."""
@@ -170,26 +231,89 @@ class Breaker:
 
     # -- helpers ------------------------------------------------------------
 
-    def _ask(self, decide: Callable[[BreakerStore], Reply]) -> tuple[BreakerStore, Reply]:
+    def _outcome(self, admission: Admission, error: BaseException | None, ignore: bool) -> str:
+        elapsed = (time.monotonic() - admission.started) * 1000
+        if ignore or (error is not None and isinstance(error, self.exclude)):
+            return "ignore"
+        if error is not None or elapsed > self.settings.slow_call:
+            return "failure"
+        return "success"
+
+    def _needless(self, admission: Admission, outcome: str) -> bool:
+        """Whether the store would learn nothing from this outcome."""
+        if admission.state != STATE_CLOSED or outcome == "failure":
+            return False
+        if outcome == "ignore":
+            return True  # a closed admission holds no trial permit to give back
+        # A success resets the failures: needless when there are none (and no window counts calls).
+        return (
+            self.settings.failure_rate is None
+            and self._fails == 0
+            and admission.generation == self._generation
+            and time.monotonic() < self._closed_until
+        )
+
+    def _record_here(self, store: BreakerStore, admission: Admission, outcome: str) -> None:
+        try:
+            reply = store.record(self.name, self.settings, admission.generation, outcome, admission.token)
+        except Exception as error_:
+            self.outage.failed(error_)
+            return
+        self._learn(reply)
+
+    def _recorded(self, reply: Any, outcome: str) -> None:
+        if isinstance(reply, Exception):
+            self.outage.failed(reply)
+            self._closed_until = 0.0
+            if outcome == "failure":
+                # Redis is gone: the failure counts here, where the next calls are decided.
+                generation = self.local.generation(self.name)
+                self._record_here(self.local, self._local_admission(generation), outcome)
+            return
+        self.outage.succeeded()
+        self._learn(reply_of(reply), shared=True)
+
+    def _local_admission(self, generation: int) -> Admission:
+        return Admission(self, generation, "", self.local, time.monotonic(), STATE_CLOSED)
+
+    def _answer(
+        self, call: Call | None, decide: Callable[[BreakerStore], Reply]
+    ) -> tuple[BreakerStore, Reply]:
+        """The shared store's reply (from ``call``, or asked now), or this process's when it fails."""
+        if call is not None and not call.sent:
+            send_calls([call])
         if self.shared is not None:
             try:
-                reply = decide(self.shared)
+                reply = reply_of(call.result()) if call is not None else decide(self.shared)
             except Exception as error:
                 self.outage.failed(error)
+                self._closed_until = 0.0
             else:
                 self.outage.succeeded()
-                self._learn(reply)
+                self._learn(reply, shared=True)
                 return self.shared, reply
         reply = decide(self.local)
         self._learn(reply)
         return self.local, reply
 
-    def _learn(self, reply: Reply) -> None:
+    def _learn(self, reply: Reply, *, shared: bool = False) -> None:
+        if shared:
+            version = (reply.now, reply.generation)
+            # Replies of this process's threads may be handled out of order:
+            # an older one must not undo a newer (unless Redis's clock jumped back).
+            if version < self._learnt and reply.now > self._learnt[0] - 60_000:
+                return
+            self._learnt = version
         self.state = reply.state
         if reply.state == STATE_OPEN and reply.retry_at > reply.now:
             self._open_until = time.monotonic() + (reply.retry_at - reply.now) / 1000
         elif reply.state != STATE_OPEN:
             self._open_until = 0.0
+        if shared and reply.state == STATE_CLOSED:
+            self._generation, self._fails = reply.generation, reply.fails
+            self._closed_until = time.monotonic() + self.staleness
+        else:
+            self._closed_until = 0.0
         if reply.previous and reply.previous != reply.state:
             self._changed(reply.previous, reply.state)
 
@@ -216,7 +340,7 @@ class Breaker:
             except Exception:
                 logger.exception("Breaker listener %r failed.", listener)
 
-    def _reject(self, retry_after: int) -> None:
+    def _reject(self, retry_after: int) -> NoReturn:
         self.counts["rejected"] += 1
         record("breaker.reject", breaker=self.name)
         raise CircuitOpenError(self.name, retry_after)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import Middleware
 
+from ..core.delivery import Call, Delivery, Gate, current_delivery
 from ..defer import defer
-from ..marks import is_cache_hit
 from ..options import OptionError, get_option, require_ms
 from ..outage import Outage
 from ..redis import RedisLike, resolve_redis
@@ -23,12 +23,23 @@ __all__ = ["CircuitBreaker"]
 
 logger = logging.getLogger("dramatiq_turbo.breaker")
 
-#: Where the admission of the message being processed waits for its outcome.
-_ADMISSION = "_turbo_breaker_admission"
 _WRAPPED = "_turbo_breaker_wrapped"
 
 
-class CircuitBreaker(Middleware):
+class _Guard:
+    """The breaker's part of one delivery: the breaker, the ask in the trip, the admission."""
+
+    __slots__ = ("admission", "breaker", "call", "refused", "token")
+
+    def __init__(self, found: Breaker) -> None:
+        self.breaker = found
+        self.admission: Admission | None = None
+        self.call: Call | None = None
+        self.token = ""
+        self.refused: CircuitOpenError | None = None
+
+
+class CircuitBreaker(Gate):
     """Per-dependency circuit breakers shared by every worker process through Redis.
 
     An actor opts in with the ``breaker`` option: a dependency name
@@ -51,6 +62,13 @@ class CircuitBreaker(Middleware):
     An uncaught ``CircuitOpenError`` raised by ``breaker(name)`` inside an
     actor defers the message the same way.  Cache hits pass through.
 
+    While a breaker is closed with no failures counted, a process admits
+    calls without asking Redis and reports successes to nobody: what Redis
+    last said is trusted for ``state_refresh`` ms (at most a quarter of
+    ``reset_timeout``), so a trip by another process is known here within
+    that time.  Other asks travel in the delivery's one round trip with the
+    other gates' work, and outcomes in the one after the actor.
+
     Without Redis, or while it is down, every process keeps its own breakers
     (with a warning, once per outage).
 
@@ -71,6 +89,8 @@ class CircuitBreaker(Middleware):
       listeners: ``pybreaker.CircuitBreakerListener`` instances told of
         state changes and outcomes.
       namespace(str): Redis key prefix.
+      state_refresh(int): Milliseconds a clean closed state learnt from
+        Redis is trusted without asking again (50).
     """
 
     def __init__(
@@ -89,6 +109,7 @@ class CircuitBreaker(Middleware):
         settings: dict[str, dict[str, Any]] | None = None,
         listeners: Iterable[Any] = (),
         namespace: str = "turbo:breaker",
+        state_refresh: int = 50,
     ) -> None:
         self.defaults = _settings(
             fail_max=fail_max,
@@ -108,6 +129,7 @@ class CircuitBreaker(Middleware):
             name: _settings(base=self.defaults, **values) for name, values in (settings or {}).items()
         }
         self.listeners = tuple(listeners)
+        self.state_refresh = require_ms("state_refresh", state_refresh)
         client = resolve_redis(redis)
         self.store = RedisStore(client, namespace=namespace) if client is not None else None
         if client is None:
@@ -115,7 +137,6 @@ class CircuitBreaker(Middleware):
         self.outage = Outage(component="breaker", logger=logger)
         self._breakers: dict[str, Breaker] = {}
         self._lock = threading.Lock()
-        self._current = threading.local()
         set_default(self)
 
     @property
@@ -136,6 +157,7 @@ class CircuitBreaker(Middleware):
                         exclude=self.exclude,
                         listeners=self.listeners,
                         outage=self.outage,
+                        staleness=self.state_refresh,
                     )
         return found
 
@@ -160,17 +182,19 @@ class CircuitBreaker(Middleware):
         # The actor is called by the worker between before_ and after_process_message;
         # catching CircuitOpenError here keeps it from reaching after_process_message,
         # where Callbacks would fire on_failure and Backoff would spend a retry.
+        # Every actor is wrapped, since any may use breaker(name) inside; the
+        # wrapper does nothing until such an error escapes.
         @functools.wraps(fn)
         def guarded(*args: Any, **kwargs: Any) -> Any:
             try:
                 return fn(*args, **kwargs)
             except CircuitOpenError as error:
-                message = getattr(self._current, "message", None)
-                if message is None:  # called directly, not by a worker
+                delivery = current_delivery()
+                if delivery is None:  # called directly, not by a worker
                     raise
                 defer(
-                    broker,
-                    message,
+                    delivery.broker,
+                    delivery.message,
                     delay=error.retry_after,
                     reason="circuit_open",
                     jitter=self._jitter_for(error.name),
@@ -179,52 +203,88 @@ class CircuitBreaker(Middleware):
         setattr(guarded, _WRAPPED, True)
         return guarded
 
-    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        self._current.message = message
-        # A message failed by an earlier hook (AgeLimit) will not run: it must not take a trial permit.
-        if is_cache_hit(message) or message.failed:
+    # -- the trip -----------------------------------------------------------
+
+    def plan(self, broker: dramatiq.Broker, message: Any, delivery: Delivery) -> None:
+        # A message failed by an earlier hook (AgeLimit) will not run: it must
+        # not take a trial permit; a hit known already (from L1) needs none.
+        if message.failed or delivery.cache_hit:
             return
         name = self._name(broker, message)
         if name is None:
             return
-        found = self.get(name)
+        guard = _Guard(self.get(name))
+        delivery.join(self, guard)
         try:
-            admission = found.acquire()
+            guard.admission = guard.breaker.admit_locally()
         except CircuitOpenError as error:
-            defer(
-                broker, message, delay=error.retry_after, reason="circuit_open", jitter=self._jitter_for(name)
-            )
-        setattr(message, _ADMISSION, admission)
-        push_held(message, admission)
+            guard.refused = error  # deferred when settling, unless the result is a cache hit
+            return
+        if guard.admission is None:
+            guard.token = uuid.uuid4().hex
+            guard.call = guard.breaker.acquire_call(guard.token)
+            if guard.call is not None:
+                delivery.before(guard.call)
 
-    def after_process_message(
+    def settle(self, broker: dramatiq.Broker, message: Any, delivery: Delivery, guard: _Guard) -> None:
+        if guard.admission is None and guard.refused is None:
+            try:
+                guard.admission = guard.breaker.admission_from(guard.call, guard.token)
+            except CircuitOpenError as error:
+                guard.refused = error
+        if delivery.cache_hit:
+            # A hit needs no healthy dependency, and gives back a trial permit it took.
+            self._give_back(delivery, guard)
+            return
+        if guard.refused is not None:
+            name = guard.breaker.name
+            defer(
+                broker,
+                message,
+                delay=guard.refused.retry_after,
+                reason="circuit_open",
+                jitter=self._jitter_for(name),
+            )
+        assert guard.admission is not None
+        push_held(message, guard.admission)
+
+    def finish(
         self,
         broker: dramatiq.Broker,
         message: Any,
+        delivery: Delivery,
+        guard: _Guard,
         *,
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        admission = self._take_admission(message)
+        admission, guard.admission = guard.admission, None
         if admission is None:
             return
+        pop_held(message)
         # No exception from a message that was failed before the actor ran is no success of the dependency.
         ignore = isinstance(exception, CircuitOpenError) or (exception is None and message.failed)
-        admission.breaker.record(admission, exception, ignore=ignore)
+        call = admission.breaker.record_call(admission, exception, ignore=ignore)
+        if call is not None:
+            delivery.after(call)
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        admission = self._take_admission(message)
-        if admission is not None:
-            admission.breaker.release(admission)
+    def abort(self, broker: dramatiq.Broker, message: Any, delivery: Delivery, guard: _Guard) -> None:
+        if guard.admission is None and guard.call is not None and guard.call.sent and guard.refused is None:
+            # Skipped before this breaker settled: it may hold a trial permit all the same.
+            try:
+                guard.admission = guard.breaker.admission_from(guard.call, guard.token)
+            except CircuitOpenError:
+                return
+        pop_held(message)
+        self._give_back(delivery, guard)
 
-    def _take_admission(self, message: Any) -> Admission | None:
-        """The message's admission, if it had one, forgotten by this delivery."""
-        self._current.message = None
-        admission: Admission | None = getattr(message, _ADMISSION, None)
+    @staticmethod
+    def _give_back(delivery: Delivery, guard: _Guard) -> None:
+        admission, guard.admission = guard.admission, None
         if admission is not None:
-            setattr(message, _ADMISSION, None)
-            pop_held(message)
-        return admission
+            call = admission.breaker.record_call(admission, ignore=True)
+            if call is not None:
+                delivery.after(call)
 
     # -- helpers ------------------------------------------------------------
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
+from ..core.delivery import Call
 from ..redis import hash_key, load_script
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "RedisStore",
     "Reply",
     "Settings",
+    "reply_of",
 ]
 
 # pybreaker's state names, so listeners written for pybreaker read the same words.
@@ -75,7 +78,7 @@ class Reply:
 
     ``retry_at`` and ``now`` are on the store's clock (Redis time, or this
     process's monotonic clock for ``MemoryStore``); only their difference is
-    used by callers.
+    used by callers.  ``fails`` is the count of consecutive failures now.
     """
 
     admitted: bool
@@ -84,6 +87,7 @@ class Reply:
     retry_at: int
     now: int
     previous: str = ""
+    fails: int = 0
 
 
 class BreakerStore(Protocol):
@@ -120,41 +124,54 @@ class RedisStore:
             hash_key(self.namespace, name, "window"),
         ]
 
-    def _run(
-        self, name: str, settings: Settings, op: str, generation: int, outcome: str, token: str
-    ) -> Reply:
-        reply = self._script(
-            keys=self.keys(name),
-            args=[
-                op,
-                settings.fail_max,
-                settings.reset_timeout,
-                settings.half_open_calls,
-                settings.lease,
-                settings.failure_rate or 0,
-                settings.window,
-                settings.min_calls,
-                settings.probe,
-                generation,
-                outcome,
-                token,
-            ],
-        )
-        admitted, state, gen, retry_at, now, previous = reply
-        return Reply(
-            admitted=bool(admitted),
-            state=_text(state),
-            generation=int(gen),
-            retry_at=int(retry_at),
-            now=int(now),
-            previous=_text(previous),
-        )
+    def call(
+        self,
+        name: str,
+        settings: Settings,
+        op: str,
+        *,
+        generation: int = 0,
+        outcome: str = "",
+        token: str = "",
+        then: Callable[[Any], None] | None = None,
+    ) -> Call:
+        """One decision (``"acquire"`` or ``"record"``) as a call to send with others (see ``reply_of``)."""
+        args = [
+            op,
+            settings.fail_max,
+            settings.reset_timeout,
+            settings.half_open_calls,
+            settings.lease,
+            settings.failure_rate or 0,
+            settings.window,
+            settings.min_calls,
+            settings.probe,
+            generation,
+            outcome,
+            token,
+        ]
+        return Call(self.client, self._script, self.keys(name), args, then=then)
 
     def acquire(self, name: str, settings: Settings, token: str) -> Reply:
-        return self._run(name, settings, "acquire", 0, "", token)
+        return reply_of(self.call(name, settings, "acquire", token=token).run())
 
     def record(self, name: str, settings: Settings, generation: int, outcome: str, token: str) -> Reply:
-        return self._run(name, settings, "record", generation, outcome, token)
+        call = self.call(name, settings, "record", generation=generation, outcome=outcome, token=token)
+        return reply_of(call.run())
+
+
+def reply_of(reply: Any) -> Reply:
+    """The ``Reply`` in a reply of ``breaker.lua``."""
+    admitted, state, gen, retry_at, now, previous, fails = reply
+    return Reply(
+        admitted=bool(admitted),
+        state=_text(state),
+        generation=int(gen),
+        retry_at=int(retry_at),
+        now=int(now),
+        previous=_text(previous),
+        fails=int(fails),
+    )
 
 
 def _text(value: bytes | str) -> str:
@@ -183,6 +200,12 @@ class MemoryStore:
     def _now() -> int:
         return int(time.monotonic() * 1000)
 
+    def generation(self, name: str) -> int:
+        """The current generation of breaker ``name`` here."""
+        with self._lock:
+            state = self._states.get(name)
+            return state.generation if state is not None else 0
+
     def acquire(self, name: str, settings: Settings, token: str) -> Reply:
         with self._lock:
             now = self._now()
@@ -192,7 +215,7 @@ class MemoryStore:
                 previous, s.state, s.successes, s.permits = s.state, STATE_HALF_OPEN, 0, {}
                 s.generation += 1
             if s.state == STATE_CLOSED:
-                return Reply(True, s.state, s.generation, 0, now, previous)
+                return Reply(True, s.state, s.generation, 0, now, previous, s.fails)
             if s.state == STATE_OPEN:
                 return Reply(False, s.state, s.generation, s.open_until, now, previous)
             permits = s.permits if s.permits is not None else {}
@@ -231,7 +254,7 @@ class MemoryStore:
                             s.fails = s.successes = 0
                             s.permits, s.buckets, s.open_until = None, None, 0
             retry_at = s.open_until if s.state == STATE_OPEN else 0
-            return Reply(False, s.state, s.generation, retry_at, now, previous)
+            return Reply(False, s.state, s.generation, retry_at, now, previous, s.fails)
 
     @staticmethod
     def _trip(s: _State, settings: Settings, now: int) -> str:

@@ -1,14 +1,19 @@
 -- finish: end a single-flight turn, with or without a value.
 -- KEYS: value, lease, waiters, wake.
 -- ARGV: token ('' when the caller holds no lease), has_value ('1'/'0'), value, ttl_ms (0: none),
---       channel, invalidation message, wake_ttl_ms.
+--       channel, origin (this process's id on the channel), wake_ttl_ms, the cache key.
 if ARGV[2] == '1' then
+  -- Only a value that replaces another needs announcing: no process keeps
+  -- an L1 copy longer than its L2 copy lives, so a missing key has none.
+  local replaces = redis.call('EXISTS', KEYS[1])
   if tonumber(ARGV[4]) > 0 then
     redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
   else
     redis.call('SET', KEYS[1], ARGV[3])
   end
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  if replaces == 1 then
+    redis.call('PUBLISH', ARGV[5], cjson.encode({o = ARGV[6], k = {ARGV[8]}}))
+  end
 end
 -- Only the holder releases the lease: after a takeover it belongs to someone else.
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import dramatiq
-from dramatiq.middleware import Middleware, MiddlewareError
+from dramatiq.errors import ActorNotFound
+from dramatiq.middleware import MiddlewareError
 
+from ..core.delivery import Delivery, Gate, current_delivery
 from ..events import record
-from ..marks import mark_cache_hit
-from ..options import get_option, require_ms
+from ..options import require_ms
 from ..redis import RedisLike
 from .hashing import args_key
-from .multilevel import Lookup, MultiLevelCache
+from .multilevel import Lookup, MultiLevelCache, PendingLookup
 
 __all__ = ["CacheOptionError", "ResultCache"]
 
@@ -29,26 +30,27 @@ class CacheOptionError(MiddlewareError, ValueError):
     """An actor declares a cache option with a wrong value."""
 
 
-class _Delivery:
-    """This thread's current message, as far as the cache is concerned."""
+class _Part:
+    """What the cache knows of the message in this delivery."""
 
-    __slots__ = ("actor_name", "error", "hit", "lookup", "message_id", "ttl", "value")
+    __slots__ = ("actor_name", "error", "hit", "lookup", "pending", "ttl", "value")
 
-    def __init__(self, message_id: str, actor_name: str) -> None:
-        self.message_id = message_id
+    def __init__(self, actor_name: str) -> None:
         self.actor_name = actor_name
         self.hit = False
         self.value: Any = None
+        self.pending: PendingLookup | None = None
         self.lookup: Lookup | None = None
         self.ttl: int | None = None
         self.error: Exception | None = None
 
 
-class ResultCache(Middleware):
+class ResultCache(Gate):
     """Results of cached actors are served from a ``MultiLevelCache``.
 
-    A message of an actor with ``cache=True`` is looked up before it runs.
-    On a hit the message is marked (``RateLimiter`` and ``CircuitBreaker``
+    A message of an actor with ``cache=True`` is looked up before it runs,
+    in the same Redis round trip as the other gates' work (``Delivery``).
+    On a hit the delivery says so (``RateLimiter`` and ``CircuitBreaker``
     let it through) and the actor's body does not run: the actor returns the
     cached value, so ``Results`` stores it, pipelines continue and
     ``on_success`` callbacks fire exactly as after a real run.  On a miss the
@@ -90,11 +92,11 @@ class ResultCache(Middleware):
         self.cache = cache if cache is not None else MultiLevelCache(redis=redis)
         self.ttl = require_ms("ttl", ttl, allow_zero=False)
         self.default = bool(default)
-        self._local = threading.local()
+        self._declared: dict[str, dict[str, Any]] = {}
 
     @property
     def actor_options(self) -> set[str]:
-        return {"cache", "cache_key", "cache_ttl", "cache_version"}
+        return set(_OPTIONS)
 
     # Declaration ---------------------------------------------------------------
     def before_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
@@ -111,82 +113,112 @@ class ResultCache(Middleware):
             )
 
     def after_declare_actor(self, broker: dramatiq.Broker, actor: dramatiq.Actor[Any, Any]) -> None:
+        self._declared.pop(actor.actor_name, None)
+        if self._declared_cached(actor):
+            self._wrap(actor)
+
+    def _declared_cached(self, actor: dramatiq.Actor[Any, Any]) -> bool:
+        enabled = actor.options.get("cache")
+        if enabled is None:
+            return self.default or "cache_key" in actor.options or "cache_ttl" in actor.options
+        return bool(enabled)
+
+    def _wrap(self, actor: dramatiq.Actor[Any, Any]) -> None:
+        """Let ``actor`` return a hit without running its body (done once per actor)."""
         fn = actor.fn
         if getattr(fn, _WRAPPED, None) is self:
             return
-        local = self._local
-        actor_name = actor.actor_name
+        cache, actor_name = self, actor.actor_name
 
         @functools.wraps(fn)
         def cached_fn(*args: Any, **kwargs: Any) -> Any:
-            delivery: _Delivery | None = getattr(local, "delivery", None)
-            if delivery is not None and delivery.actor_name == actor_name:
-                if delivery.error is not None:
-                    raise delivery.error
-                if delivery.hit:
+            delivery = current_delivery()
+            part: _Part | None = delivery.parts.get(cache) if delivery is not None else None
+            if part is not None and part.actor_name == actor_name:
+                if part.error is not None:
+                    raise part.error
+                if part.hit:
                     # Served once: a nested call of the same actor runs for real.
-                    delivery.hit = False
-                    return delivery.value
+                    part.hit = False
+                    return part.value
             return fn(*args, **kwargs)
 
         setattr(cached_fn, _WRAPPED, self)
         actor.fn = cached_fn
 
-    # Processing ----------------------------------------------------------------
-    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        self._local.delivery = None
-        if not self._enabled(broker, message):
+    # The trip --------------------------------------------------------------------
+    def plan(self, broker: dramatiq.Broker, message: Any, delivery: Delivery) -> None:
+        options = self._options(broker, message)
+        if not self._enabled(options):
             return
-        delivery = _Delivery(message.message_id, message.actor_name)
-        self._local.delivery = delivery
+        part = _Part(message.actor_name)
+        delivery.join(self, part)
+        # A message option may turn the cache on for an actor declared without it.
+        with contextlib.suppress(ActorNotFound):
+            self._wrap(broker.get_actor(message.actor_name))
         try:
-            key = self._key(broker, message)
-            delivery.ttl = self._message_ttl(broker, message)
+            key = self._key(message, options)
+            part.ttl = self._message_ttl(message, options)
         except Exception as error:
             # A wrong cache_key or option (or a cache_key that raises, such as
             # a KeyError on the message's arguments) fails the message with
             # that error instead of running it uncached.
-            delivery.error = error
+            part.error = error
             return
-        lookup = self.cache.begin(key)
+        part.pending = self.cache.prepare(key)
+        if part.pending.call is None:
+            # Answered here (an L1 hit, or this process's own computation):
+            # the gates after this one know before they plan any Redis work.
+            self.settle(broker, message, delivery, part)
+        else:
+            delivery.before(part.pending.call)
+
+    def settle(self, broker: dramatiq.Broker, message: Any, delivery: Delivery, part: _Part) -> None:
+        if part.pending is None or part.lookup is not None or part.hit:
+            return
+        lookup = part.pending.resume()
         if lookup.waited is not None:
             record("cache.wait", outcome=lookup.waited)
         if lookup.found:
-            delivery.hit = True
-            delivery.value = lookup.value
-            mark_cache_hit(message)
+            part.hit = True
+            part.value = lookup.value
+            delivery.cache_hit = True
             record("cache.hit", level=lookup.level)
         else:
-            delivery.lookup = lookup
+            part.lookup = lookup
             record("cache.miss")
 
-    def after_process_message(
+    def finish(
         self,
         broker: dramatiq.Broker,
         message: Any,
+        delivery: Delivery,
+        part: _Part,
         *,
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        delivery = self._take(message)
-        if delivery is None or delivery.lookup is None:
+        lookup = part.lookup
+        if lookup is None:
+            if part.pending is not None:
+                part.pending.abandon(send=delivery.after)  # never resumed: a gate before it failed
             return
-        lookup = delivery.lookup
         if exception is not None or message.failed:
-            lookup.abandon()
+            lookup.abandon(send=delivery.after)
             return
         try:
-            lookup.complete(result, delivery.ttl)
+            lookup.complete(result, part.ttl, send=delivery.after)
         except TypeError as error:
             logger.warning("Result of %s not cached: %s", message, error)
             return
         record("cache.store")
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+    def abort(self, broker: dramatiq.Broker, message: Any, delivery: Delivery, part: _Part) -> None:
         # Skipped (deferred by a later gate, too old, ...): nothing computed, let waiters try.
-        delivery = self._take(message)
-        if delivery is not None and delivery.lookup is not None:
-            delivery.lookup.abandon()
+        if part.lookup is not None:
+            part.lookup.abandon(send=delivery.after)
+        elif part.pending is not None:
+            part.pending.abandon(send=delivery.after)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         # After, not before: messages still running at shutdown keep their
@@ -194,28 +226,32 @@ class ResultCache(Middleware):
         self.cache.close()
 
     # Helpers ---------------------------------------------------------------------
-    def _take(self, message: Any) -> _Delivery | None:
-        delivery: _Delivery | None = getattr(self._local, "delivery", None)
-        self._local.delivery = None
-        if delivery is None or delivery.message_id != message.message_id:
-            return None
-        return delivery
+    def _options(self, broker: dramatiq.Broker, message: Any) -> dict[str, Any]:
+        """The cache options of ``message``: its own over its actor's (read once per actor)."""
+        name = message.actor_name
+        declared = self._declared.get(name)
+        if declared is None:
+            try:
+                actor_options = broker.get_actor(name).options
+            except ActorNotFound:
+                return {}  # not declared in this process (yet): nothing to remember
+            declared = self._declared[name] = {k: actor_options[k] for k in _OPTIONS if k in actor_options}
+        options = message.options
+        if options.keys().isdisjoint(_OPTIONS):
+            return declared
+        return {**declared, **{k: options[k] for k in _OPTIONS if k in options}}
 
-    def _enabled(self, broker: dramatiq.Broker, message: Any) -> bool:
-        enabled = get_option(broker, message, "cache", None)
+    def _enabled(self, options: dict[str, Any]) -> bool:
+        enabled = options.get("cache")
         if enabled is None:
-            return (
-                self.default
-                or get_option(broker, message, "cache_key") is not None
-                or get_option(broker, message, "cache_ttl") is not None
-            )
+            return self.default or any(options.get(name) is not None for name in ("cache_key", "cache_ttl"))
         return bool(enabled)
 
-    def _key(self, broker: dramatiq.Broker, message: Any) -> str:
-        key_fn: Callable[..., Any] | None = get_option(broker, message, "cache_key")
+    @staticmethod
+    def _key(message: Any, options: dict[str, Any]) -> str:
+        key_fn: Callable[..., Any] | None = options.get("cache_key")
         if key_fn is None:
-            version = get_option(broker, message, "cache_version")
-            return args_key(message.actor_name, message.args, message.kwargs, version)
+            return args_key(message.actor_name, message.args, message.kwargs, options.get("cache_version"))
         if not callable(key_fn):
             raise ValueError(
                 f"{message.actor_name}: cache_key must be a callable returning a str, got {key_fn!r}"
@@ -225,6 +261,10 @@ class ResultCache(Middleware):
             raise TypeError(f"{message.actor_name}: cache_key must return a non-empty str, got {key!r}")
         return f"{message.actor_name}:{key}"
 
-    def _message_ttl(self, broker: dramatiq.Broker, message: Any) -> int:
-        ttl = get_option(broker, message, "cache_ttl", self.ttl)
+    def _message_ttl(self, message: Any, options: dict[str, Any]) -> int:
+        ttl = options.get("cache_ttl", self.ttl)
         return require_ms(f"{message.actor_name}: cache_ttl", ttl, allow_zero=False)
+
+
+#: The options a message (or its actor) sets the cache with.
+_OPTIONS = ("cache", "cache_key", "cache_ttl", "cache_version")

@@ -13,16 +13,17 @@ from typing import Any, TypeVar
 
 import redis
 
+from ..core.delivery import Call, send_calls
 from ..options import require_ms
 from ..outage import Outage
 from ..redis import RedisLike, resolve_redis
 from .invalidation import InvalidationListener
 from .l1 import MISSING, LocalCache
 from .serializers import Codec, Serializer, UndecodableValue, get_serializer
-from .singleflight import DONE, FAILED, Flight, Leases, LocalFlights
+from .singleflight import DONE, FAILED, Flight, Leases, LocalFlights, RemoteTurn
 from .store import RedisStore
 
-__all__ = ["Lookup", "MultiLevelCache"]
+__all__ = ["Lookup", "MultiLevelCache", "PendingLookup"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,12 @@ class Lookup:
         self._token = token
         self._done = found
 
-    def complete(self, value: Any, ttl: int | None = None) -> Any:
+    def complete(self, value: Any, ttl: int | None = None, *, send: Send | None = None) -> Any:
         """Store the computed ``value`` (L1 and L2) and hand it to every waiter.
+
+        ``send``, when given, receives the Redis call that stores the value
+        and ends the turn, to send it with other calls (``Delivery.after``);
+        by default it is sent at once.
 
         Returns:
           The value as the cache serves it from now on (what the serializer
@@ -90,14 +95,14 @@ class Lookup:
         if self._done:
             return value
         self._done = True
-        return self._cache._complete(self.key, value, ttl, self._flight, self._token)
+        return self._cache._complete(self.key, value, ttl, self._flight, self._token, send)
 
-    def abandon(self) -> None:
+    def abandon(self, *, send: Send | None = None) -> None:
         """Give up this turn without a value: nothing is stored, waiters try on their own."""
         if self._done:
             return
         self._done = True
-        self._cache._abandon(self.key, self._flight, self._token)
+        self._cache._abandon(self.key, self._flight, self._token, send)
 
     def give_way(self) -> None:
         """Let the computation still running elsewhere finish, instead of computing too.
@@ -119,6 +124,77 @@ class Lookup:
         self._done = True
         if self._flight is not None:
             self._cache._flights.fail(self.key, self._flight)
+
+
+#: Where a lookup hands the Redis call that ends its turn: ``Delivery.after``, say.
+Send = Callable[[Call], None]
+
+
+class PendingLookup:
+    """A lookup that went as far as it could without Redis: ``MultiLevelCache.prepare``.
+
+    ``call`` is the Redis call it still needs (``None`` when L1 or another
+    thread of this process answered); send it with other calls, or not, and
+    ``resume()`` gives the ``Lookup``.  A pending lookup that is given up
+    before ``resume`` ends with ``abandon`` so that this process's other
+    waiters, and the lease the call may have taken, are let go.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_deadline",
+        "_flight",
+        "_generation",
+        "_lookup",
+        "_token",
+        "_waited",
+        "call",
+        "key",
+    )
+
+    def __init__(
+        self,
+        cache: MultiLevelCache,
+        key: str,
+        *,
+        lookup: Lookup | None = None,
+        flight: Flight | None = None,
+        deadline: float = 0.0,
+        waited: str | None = None,
+        call: Call | None = None,
+        token: str = "",
+    ) -> None:
+        self._cache = cache
+        self.key = key
+        self._lookup = lookup
+        self._flight = flight
+        self._deadline = deadline
+        self._waited = waited
+        self._generation = cache._invalidations
+        self._token = token
+        self.call = call
+
+    def resume(self) -> Lookup:
+        """The lookup: sends ``call`` first if nobody did."""
+        if self._lookup is None:
+            call = self.call
+            if call is None or not call.sent:
+                self._lookup = self._cache._remote_begin(self.key, self._flight, self._deadline, self._waited)
+            else:
+                self._lookup = self._cache._remote_resume(self, call)
+        return self._lookup
+
+    def abandon(self, *, send: Send | None = None) -> None:
+        """Give up before ``resume``: release whatever the call took, and this process's waiters."""
+        if self._lookup is not None:
+            self._lookup.abandon(send=send)
+            return
+        call = self.call
+        took_lease = False
+        if call is not None and call.sent and not isinstance(call.reply, BaseException):
+            took_lease = int(call.reply[0]) == 2
+        self._lookup = Lookup(self._cache, self.key, found=False, flight=self._flight)
+        self._cache._abandon(self.key, self._flight, self._token if took_lease else "", send)
 
 
 class MultiLevelCache:
@@ -326,9 +402,18 @@ class MultiLevelCache:
         call.  A ``Lookup`` that is not ``found`` must end with
         ``complete(value)`` or ``abandon()``.
         """
+        return self.prepare(key, wait_timeout=wait_timeout).resume()
+
+    def prepare(self, key: str, *, wait_timeout: int | None = None) -> PendingLookup:
+        """``begin`` up to its Redis call: L1, then this process's computation of ``key``.
+
+        The returned ``PendingLookup`` holds the Redis call still needed (if
+        any), to be sent together with other calls; ``resume()`` then gives
+        the ``Lookup``.
+        """
         value = self.l1.get(key)
         if value is not MISSING:
-            return Lookup(self, key, found=True, value=value, level="l1")
+            return PendingLookup(self, key, lookup=Lookup(self, key, found=True, value=value, level="l1"))
         self._check_key(key)
         wait_ms = self.wait_timeout if wait_timeout is None else require_ms("wait_timeout", wait_timeout)
         deadline = time.monotonic() + wait_ms / 1000
@@ -339,18 +424,20 @@ class MultiLevelCache:
                 state = flight.wait(deadline - time.monotonic())
                 if state == DONE:
                     self._count("waits")
-                    return Lookup(self, key, found=True, value=flight.value, level="l1", waited="value")
+                    found = Lookup(self, key, found=True, value=flight.value, level="l1", waited="value")
+                    return PendingLookup(self, key, lookup=found)
                 if state != FAILED:
                     # Waited long enough: compute without the flight.
-                    return self._turn(key, None, "", "timeout")
+                    return PendingLookup(self, key, lookup=self._turn(key, None, "", "timeout"))
                 waited = "failed"
                 continue
             # Leading this process's flight.  Another one may have just ended.
             value = self.l1.get(key)
             if value is not MISSING:
                 self._flights.resolve(key, flight, value)
-                return Lookup(self, key, found=True, value=value, level="l1", waited=waited)
-            return self._remote_begin(key, flight, deadline, waited)
+                found = Lookup(self, key, found=True, value=value, level="l1", waited=waited)
+                return PendingLookup(self, key, lookup=found)
+            return self._remote_prepare(key, flight, deadline, waited)
 
     def stats(self) -> dict[str, int]:
         """Counters: ``l1_hits``, ``l2_hits``, ``misses``, ``errors`` (Redis and undecodable values),
@@ -371,31 +458,75 @@ class MultiLevelCache:
             self._leases.close()
 
     # Internals -------------------------------------------------------------
-    def _remote_begin(self, key: str, flight: Flight, deadline: float, waited: str | None) -> Lookup:
-        store, leases = self._usable_store(), self._leases
-        if store is None or leases is None:
-            return self._turn(key, flight, "", waited)
-        skip_value = False
+    def _remote_prepare(self, key: str, flight: Flight, deadline: float, waited: str | None) -> PendingLookup:
+        leases = self._leases
+        if self._usable_store() is None or leases is None:
+            return PendingLookup(self, key, lookup=self._turn(key, flight, "", waited))
+        token = uuid.uuid4().hex
+        return PendingLookup(
+            self,
+            key,
+            flight=flight,
+            deadline=deadline,
+            waited=waited,
+            call=leases.begin_call(key, token),
+            token=token,
+        )
+
+    def _remote_resume(self, pending: PendingLookup, call: Call) -> Lookup:
+        """The lookup from the reply of a pending lookup's call, sent by someone else."""
+        assert self._leases is not None
         try:
-            while True:
-                generation = self._invalidations
-                turn = leases.begin(key, deadline=deadline, skip_value=skip_value)
-                if turn.waited:
-                    waited = "value"
-                if turn.kind != "hit":
-                    break
-                assert turn.data is not None
-                value = self._decode(key, turn.data, turn.ttl or -1, generation)
-                if value is not MISSING:
-                    self.outage.succeeded()
-                    self._flights.resolve(key, flight, value)
-                    self._count("waits" if turn.waited else "l2_hits")
-                    return Lookup(self, key, found=True, value=value, level="l2", waited=waited)
-                skip_value = True  # undecodable: take the turn to overwrite it
-            self.outage.succeeded()
+            turn = self._leases.take_turn(pending.key, pending._token, call, deadline=pending._deadline)
+        except redis.RedisError as error:
+            self._failed(error)
+            return self._turn(pending.key, pending._flight, "", pending._waited)
+        return self._took_turn(
+            pending.key, pending._flight, pending._deadline, pending._waited, turn, pending._generation
+        )
+
+    def _remote_begin(
+        self,
+        key: str,
+        flight: Flight | None,
+        deadline: float,
+        waited: str | None,
+        *,
+        skip_value: bool = False,
+    ) -> Lookup:
+        leases = self._leases
+        if self._usable_store() is None or leases is None:
+            return self._turn(key, flight, "", waited)
+        generation = self._invalidations
+        try:
+            turn = leases.begin(key, deadline=deadline, skip_value=skip_value)
         except redis.RedisError as error:
             self._failed(error)
             return self._turn(key, flight, "", waited)
+        return self._took_turn(key, flight, deadline, waited, turn, generation)
+
+    def _took_turn(
+        self,
+        key: str,
+        flight: Flight | None,
+        deadline: float,
+        waited: str | None,
+        turn: RemoteTurn,
+        generation: int,
+    ) -> Lookup:
+        self.outage.succeeded()
+        if turn.waited:
+            waited = "value"
+        if turn.kind == "hit":
+            assert turn.data is not None
+            value = self._decode(key, turn.data, turn.ttl or -1, generation)
+            if value is MISSING:
+                # Undecodable: take the turn to overwrite it.
+                return self._remote_begin(key, flight, deadline, waited, skip_value=True)
+            if flight is not None:
+                self._flights.resolve(key, flight, value)
+            self._count("waits" if turn.waited else "l2_hits")
+            return Lookup(self, key, found=True, value=value, level="l2", waited=waited)
         if turn.kind == "timeout":
             return self._turn(key, flight, "", "timeout")
         return self._turn(key, flight, turn.token, None if waited == "value" else waited)
@@ -405,37 +536,52 @@ class MultiLevelCache:
         self._count("computations")
         return Lookup(self, key, found=False, waited=waited, flight=flight, token=token)
 
-    def _complete(self, key: str, value: Any, ttl: int | None, flight: Flight | None, token: str) -> Any:
+    def _complete(
+        self, key: str, value: Any, ttl: int | None, flight: Flight | None, token: str, send: Send | None
+    ) -> Any:
         ttl = self.l2_ttl if ttl is None else ttl
         try:
             data, stored = self.codec.encode_and_copy(value)
         except Exception:
             # Whatever the serializer raised, the turn must end: waiters in
             # this process and others would otherwise wait for nothing.
-            self._abandon(key, flight, token)
+            self._abandon(key, flight, token, send)
             raise
         self.l1.set(key, stored, ttl)
-        self._finish_turn(key, token, data, ttl)
+        self._finish_turn(key, token, data, ttl, send)
         if flight is not None:
             self._flights.resolve(key, flight, stored)
         return stored
 
-    def _abandon(self, key: str, flight: Flight | None, token: str) -> None:
-        self._finish_turn(key, token, None, None)
+    def _abandon(self, key: str, flight: Flight | None, token: str, send: Send | None = None) -> None:
+        self._finish_turn(key, token, None, None, send)
         if flight is not None:
             self._flights.fail(key, flight)
 
-    def _finish_turn(self, key: str, token: str, data: bytes | None, ttl: int | None) -> None:
+    def _finish_turn(
+        self, key: str, token: str, data: bytes | None, ttl: int | None, send: Send | None
+    ) -> None:
         """Store ``data`` (unless ``None``) and end this process's lease on ``key``, if it holds one."""
         leases = self._leases
         if leases is None:
             return
         if self._usable_store() is not None:
-            self._call(leases.finish, key, token, data, ttl)  # releases the local hold first
+            # The local hold ends first: the lease is not renewed past this turn.
+            call = leases.finish_call(key, token, data, ttl, then=self._finished)
+            if send is None:
+                send_calls([call])
+            else:
+                send(call)
         elif token:
             # Redis failed a moment ago: stop renewing the lease, so it expires
             # and another process can take the turn.
             leases.forget(key)
+
+    def _finished(self, reply: Any) -> None:
+        if isinstance(reply, redis.RedisError):
+            self._failed(reply)
+        else:
+            self.outage.succeeded()
 
     def _decode(self, key: str, data: bytes, ttl: int, generation: int) -> Any:
         """Decode a value read from L2 and fill L1 with it, unless an invalidation arrived meanwhile.

@@ -28,11 +28,13 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
+from ..core.delivery import Call, send_calls
 from ..redis import connect_redis_like
 from .store import RedisStore
 
@@ -136,16 +138,31 @@ class Leases:
 
     def begin(self, key: str, *, deadline: float, skip_value: bool = False) -> RemoteTurn:
         """Read ``key``'s value, or take its lease, or wait for its holder until ``deadline`` (monotonic)."""
-        value_key, lease_key, waiters_key, wake_key = self.store.flight_keys(key)
         token = uuid.uuid4().hex
-        script = self.store.script("begin.lua")
+        call = self.begin_call(key, token, skip_value=skip_value)
+        send_calls([call])
+        return self.take_turn(key, token, call, deadline=deadline)
+
+    def begin_call(self, key: str, token: str, *, skip_value: bool = False) -> Call:
+        """The first step of ``begin``, as a call to send with others; ``take_turn`` goes on."""
+        value_key, lease_key, waiters_key, _ = self.store.flight_keys(key)
+        return Call(
+            self.store.client,
+            self.store.script("begin.lua"),
+            [value_key, lease_key, waiters_key],
+            [token, self.lease_ttl, self._registration_ttl, "1" if skip_value else "0"],
+        )
+
+    def take_turn(self, key: str, token: str, call: Call, *, deadline: float) -> RemoteTurn:
+        """Go on from the reply of ``begin_call``: a value, the lease, or waiting for the holder.
+
+        Raises:
+          redis.RedisError: when a call failed.
+        """
+        _, lease_key, waiters_key, wake_key = self.store.flight_keys(key)
         waited = False
         while True:
-            reply = script(
-                keys=[value_key, lease_key, waiters_key],
-                args=[token, self.lease_ttl, self._registration_ttl, "1" if skip_value else "0"],
-                client=self.store.client,
-            )
+            reply = call.result()
             kind = int(reply[0])
             if kind == 1:
                 return RemoteTurn("hit", data=reply[1], ttl=int(reply[2]), waited=waited)
@@ -163,26 +180,42 @@ class Leases:
             block = min(lease_left + 0.02, remaining, _MAX_BLOCK)
             self._waiting().blpop([wake_key], timeout=max(block, 0.01))
             waited = True
-            skip_value = False  # whatever woke us, a fresh value may be there now
+            # Whatever woke us, a fresh value may be there now.
+            call = self.begin_call(key, token)
+            send_calls([call])
 
     def finish(self, key: str, token: str, data: bytes | None, ttl: int | None) -> None:
         """Store ``data`` (unless ``None``), release the lease if ``token`` holds it, wake the waiters."""
+        self.finish_call(key, token, data, ttl).run()
+
+    def finish_call(
+        self,
+        key: str,
+        token: str,
+        data: bytes | None,
+        ttl: int | None,
+        *,
+        then: Callable[[Any], None] | None = None,
+    ) -> Call:
+        """``finish`` as a call to send with others; this process stops renewing the lease at once."""
         keys = self.store.flight_keys(key)
-        lease_key = keys[1]
         if token:
-            self._release(lease_key)
-        self.store.script("finish.lua")(
-            keys=keys,
-            args=[
+            self._release(keys[1])
+        return Call(
+            self.store.client,
+            self.store.script("finish.lua"),
+            keys,
+            [
                 token,
                 "0" if data is None else "1",
                 b"" if data is None else data,
                 ttl or 0,
                 self.store.channel,
-                self.store.invalidation([key]),
+                self.store.origin,
                 self._registration_ttl,
+                key,
             ],
-            client=self.store.client,
+            then=then,
         )
 
     # Lease renewal -------------------------------------------------------

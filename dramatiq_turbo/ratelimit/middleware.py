@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -12,18 +13,17 @@ from typing import Any
 import dramatiq
 import redis as redis_lib
 from dramatiq.common import q_name
-from dramatiq.middleware import Middleware
 
+from ..core.delivery import Call, Delivery, Gate, current_delivery
 from ..defer import defer, deferral_count
 from ..events import record
-from ..marks import is_cache_hit
 from ..options import require_ms
 from ..outage import Outage
 from ..redis import RedisLike, resolve_redis
 from .inline import set_default
 from .leases import Hold, LeaseRenewer
 from .rules import InvalidRateLimit, Rule, key_budget, parse_rule
-from .store import CONCURRENCY_POLL, Decision, LimitStore, LocalLimitStore, RedisLimitStore
+from .store import CONCURRENCY_POLL, Decision, LimitStore, LocalLimitStore, RedisLimitStore, decision_of
 
 __all__ = ["OPTION", "RateLimiter", "admitted_at"]
 
@@ -31,9 +31,6 @@ logger = logging.getLogger(__name__)
 
 #: The actor (and message) option naming a limit.
 OPTION = "rate_limit"
-
-_HOLD = "_turbo_rate_limit_hold"
-_ADMITTED = "_turbo_rate_limit_admitted"
 
 # A deferral for a busy concurrency key doubles each time (bounded re-enqueues
 # while a long job holds the slot), up to this many ms.
@@ -52,11 +49,33 @@ def admitted_at(message: Any) -> float | None:
     is Redis time (``TIME``) with a Redis store, and the process's monotonic
     clock when limits are counted per process.
     """
-    value = getattr(message, _ADMITTED, None)
-    return float(value) if value is not None else None
+    delivery = current_delivery(message)
+    if delivery is None:
+        return None
+    for part in delivery.parts.values():
+        if isinstance(part, _Attempt) and part.admitted is not None:
+            return part.admitted
+    return None
 
 
-class RateLimiter(Middleware):
+class _Attempt:
+    """The limiter's part of one delivery: the attempt in the trip, then the slot it holds."""
+
+    __slots__ = ("admitted", "call", "decision", "hold", "key", "rule", "started", "store", "token")
+
+    def __init__(self, rule: Rule, key: str, token: str) -> None:
+        self.rule = rule
+        self.key = key
+        self.token = token
+        self.started = time.monotonic()
+        self.call: Call | None = None
+        self.store: LimitStore | None = None
+        self.decision: Decision | None = None
+        self.hold: Hold | None = None
+        self.admitted: float | None = None
+
+
+class RateLimiter(Gate):
     """Middleware that limits how often, and how many at once, messages start across all workers.
 
     An actor opts in with ``@dramatiq.actor(rate_limit=(30, 1_000))`` (at most
@@ -76,7 +95,9 @@ class RateLimiter(Middleware):
     A message over the limit waits in its worker thread when its slot is due
     within ``max_wait`` ms; otherwise it is deferred (same message id, enqueued
     again with the delay the store returned plus jitter): no retry is used, no
-    result stored, nothing dropped.  Cache hits take no slot.
+    result stored, nothing dropped.  The attempt travels in the delivery's
+    one round trip with the other gates' work; a cache hit found in that
+    trip gives its slot back in the trip after it, so hits take no slot.
 
     Code inside actors limits single calls with ``rate_limit(key, ...)``
     (``dramatiq_turbo.ratelimit.inline``), which draws from this limiter's
@@ -158,67 +179,109 @@ class RateLimiter(Middleware):
                 rule = self._actor_rules[message.actor_name] = parse_rule(actor_value)
         return rule or self.limits.get(q_name(message.queue_name))
 
-    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        if is_cache_hit(message):
+    # The trip --------------------------------------------------------------------
+    def plan(self, broker: dramatiq.Broker, message: Any, delivery: Delivery) -> None:
+        if delivery.cache_hit:  # known already (an L1 hit): nothing to ask Redis
             return
         rule = self.rule_for(broker, message)
         if rule is None:
             return
-        key = _budget_key(rule, message)
-        started = time.monotonic()
-        while True:
-            token = f"{message.message_id}:{uuid.uuid4().hex[:12]}"
+        attempt = _Attempt(rule, _budget_key(rule, message), _token(message))
+        delivery.join(self, attempt)
+        if isinstance(self.store, RedisLimitStore) and not self.outage.active:
+            attempt.call = self.store.acquire_call(attempt.key, rule, attempt.token, max_wait=self.max_wait)
+            delivery.before(attempt.call)
+
+    def settle(self, broker: dramatiq.Broker, message: Any, delivery: Delivery, attempt: _Attempt) -> None:
+        store, decision = self._first_decision(broker, message, attempt)
+        attempt.store, attempt.decision = store, decision
+        if delivery.cache_hit:
+            # A hit runs no actor code: it needs no slot, and one taken in the same trip goes back.
+            if decision.admitted:
+                self._give_back(delivery, store, attempt.key, attempt.token, refund=True)
+            return
+        while not decision.admitted:
+            waited = int((time.monotonic() - attempt.started) * 1000)
             # Wait for any slot due within max_wait, but not forever: after
             # 2 x max_wait in all, heavy contention defers the message.
-            waited = int((time.monotonic() - started) * 1000)
             allowance = self.max_wait if waited < _WAIT_ROUNDS * self.max_wait else 0
-            store, decision = self._attempt(broker, message, rule, key, token, allowance)
-            if decision.admitted:
-                break
-            if decision.wait <= allowance:
-                time.sleep(decision.wait / 1000)
-                continue
-            defer(broker, message, **self._deferral(rule, decision, message))
-
-        if waited := int((time.monotonic() - started) * 1000):
+            if decision.wait > allowance:
+                defer(broker, message, **self._deferral(attempt.rule, decision, message))
+            time.sleep(decision.wait / 1000)
+            attempt.token = _token(message)
+            store, decision = self._attempt(broker, message, attempt, max(0, allowance))
+            attempt.store, attempt.decision = store, decision
+        if waited := int((time.monotonic() - attempt.started) * 1000):
             record("ratelimit.wait", wait_ms=waited)
-        setattr(message, _ADMITTED, decision.now)
-        hold = Hold(store, key, token, rule.lease if rule.concurrency else 0)
-        setattr(message, _HOLD, hold)
-        if hold.lease:
-            self.renewer.add(hold)
+        attempt.admitted = decision.now
+        attempt.hold = Hold(
+            store, attempt.key, attempt.token, attempt.rule.lease if attempt.rule.concurrency else 0
+        )
+        if attempt.hold.lease:
+            self.renewer.add(attempt.hold)
 
-    def after_process_message(
-        self, broker: dramatiq.Broker, message: Any, *, result: Any = None, exception: Any = None
+    def finish(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        delivery: Delivery,
+        attempt: _Attempt,
+        *,
+        result: Any = None,
+        exception: Any = None,
     ) -> None:
-        self._release(message, refund=False)
+        self._release(delivery, attempt, refund=False)
 
-    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+    def abort(self, broker: dramatiq.Broker, message: Any, delivery: Delivery, attempt: _Attempt) -> None:
         # Skipped after admission (by a later gate): the message did not start.
-        self._release(message, refund=True)
+        if attempt.hold is None and attempt.store is None and attempt.call is not None and attempt.call.sent:
+            # Skipped between the trip and this limiter's turn to settle.
+            with contextlib.suppress(redis_lib.RedisError):
+                if decision_of(attempt.call.result()).admitted:
+                    self._give_back(delivery, self.store, attempt.key, attempt.token, refund=True)
+            return
+        self._release(delivery, attempt, refund=True)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
         # After, not before: a graceful shutdown lets running messages finish,
         # and their leases must live until then.
         self.renewer.stop()
 
-    def _attempt(
-        self, broker: dramatiq.Broker, message: Any, rule: Rule, key: str, token: str, max_wait: int
+    def _first_decision(
+        self, broker: dramatiq.Broker, message: Any, attempt: _Attempt
     ) -> tuple[LimitStore, Decision]:
-        max_wait = max(0, max_wait)
+        call = attempt.call
+        if call is None:
+            return self._attempt(broker, message, attempt, self.max_wait)
+        try:
+            decision = decision_of(call.result())
+        except redis_lib.RedisError as error:
+            return self._unreachable(broker, message, attempt, error, self.max_wait)
+        self.outage.succeeded()
+        return self.store, decision
+
+    def _attempt(
+        self, broker: dramatiq.Broker, message: Any, attempt: _Attempt, max_wait: int
+    ) -> tuple[LimitStore, Decision]:
+        rule, key, token = attempt.rule, attempt.key, attempt.token
         if self.store is self.local:
             return self.local, self.local.acquire(key, rule, token, max_wait=max_wait)
         try:
             decision = self.store.acquire(key, rule, token, max_wait=max_wait)
         except redis_lib.RedisError as error:
-            self.outage.failed(error)
-            if self.fail_open:
-                return self.local, self.local.acquire(key, rule, token, max_wait=max_wait)
-            # Fail closed: nothing starts until Redis answers again.
-            delay = rule.duration or CONCURRENCY_POLL * 10
-            defer(broker, message, delay=delay, reason="rate_limit", jitter=min(delay, _MAX_JITTER * 10))
+            return self._unreachable(broker, message, attempt, error, max_wait)
         self.outage.succeeded()
         return self.store, decision
+
+    def _unreachable(
+        self, broker: dramatiq.Broker, message: Any, attempt: _Attempt, error: Exception, max_wait: int
+    ) -> tuple[LimitStore, Decision]:
+        self.outage.failed(error)
+        if self.fail_open:
+            return self.local, self.local.acquire(attempt.key, attempt.rule, attempt.token, max_wait=max_wait)
+        # Fail closed: nothing starts until Redis answers again.
+        delay = attempt.rule.duration or CONCURRENCY_POLL * 10
+        defer(broker, message, delay=delay, reason="rate_limit", jitter=min(delay, _MAX_JITTER * 10))
 
     @staticmethod
     def _deferral(rule: Rule, decision: Decision, message: Any) -> dict[str, Any]:
@@ -235,20 +298,33 @@ class RateLimiter(Middleware):
             "jitter": int(min(rule.interval, _MAX_JITTER)),
         }
 
-    def _release(self, message: Any, *, refund: bool) -> None:
-        hold: Hold | None = getattr(message, _HOLD, None)
+    def _release(self, delivery: Delivery, attempt: _Attempt, *, refund: bool) -> None:
+        hold, attempt.hold = attempt.hold, None
         if hold is None:
             return
-        delattr(message, _HOLD)
         if hold.lease:
             self.renewer.discard(hold)
         elif not refund:
             return  # no slot to free, and the start happened
-        try:
-            hold.store.release(hold.key, hold.token, refund=refund)
-        except redis_lib.RedisError as error:
+        self._give_back(delivery, hold.store, hold.key, hold.token, refund=refund)
+
+    def _give_back(
+        self, delivery: Delivery, store: LimitStore, key: str, token: str, *, refund: bool
+    ) -> None:
+        """Free ``token``'s slot (and with ``refund`` its start), in the trip after the actor."""
+        if isinstance(store, RedisLimitStore):
+            delivery.after(store.release_call(key, token, refund=refund, then=self._released))
+        else:
+            store.release(key, token, refund=refund)
+
+    def _released(self, reply: Any) -> None:
+        if isinstance(reply, redis_lib.RedisError):
             # The lease expires by itself; the start stays counted.
-            self.outage.failed(error)
+            self.outage.failed(reply)
+
+
+def _token(message: Any) -> str:
+    return f"{message.message_id}:{uuid.uuid4().hex[:12]}"
 
 
 def _queue_rule(queue: str, value: Any) -> Rule:

@@ -22,15 +22,17 @@ from __future__ import annotations
 import bisect
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
+from ..core.delivery import Call
 from ..redis import hash_key, load_script
 from .rules import Rule
 
-__all__ = ["CONCURRENCY_POLL", "Decision", "LimitStore", "LocalLimitStore", "RedisLimitStore"]
+__all__ = ["CONCURRENCY_POLL", "Decision", "LimitStore", "LocalLimitStore", "RedisLimitStore", "decision_of"]
 
 #: The longest a caller waiting for a concurrency slot sleeps before asking again (ms).
 CONCURRENCY_POLL = 100
@@ -91,30 +93,42 @@ class RedisLimitStore:
         return [hash_key(self.namespace, key, part) for part in ("log", "horizon", "leases")]
 
     def acquire(self, key: str, rule: Rule, token: str, *, max_wait: int = 0) -> Decision:
-        reply = self._acquire(
-            keys=self.keys(key),
-            args=[
-                token,
-                rule.max,
-                rule.duration,
-                rule.burst,
-                rule.burst_window,
-                rule.concurrency,
-                rule.lease,
-                repr(rule.interval),
-                CONCURRENCY_POLL,
-                max_wait,
-            ],
-        )
-        admitted, wait, now, reason = reply
-        return Decision(bool(admitted), int(wait), float(now), _text(reason))
+        return decision_of(self.acquire_call(key, rule, token, max_wait=max_wait).run())
+
+    def acquire_call(self, key: str, rule: Rule, token: str, *, max_wait: int = 0) -> Call:
+        """``acquire`` as a call to send with others; ``decision_of`` reads its reply."""
+        args = [
+            token,
+            rule.max,
+            rule.duration,
+            rule.burst,
+            rule.burst_window,
+            rule.concurrency,
+            rule.lease,
+            repr(rule.interval),
+            CONCURRENCY_POLL,
+            max_wait,
+        ]
+        return Call(self.client, self._acquire, self.keys(key), args)
 
     def release(self, key: str, token: str, *, refund: bool) -> None:
+        self.release_call(key, token, refund=refund).run()
+
+    def release_call(
+        self, key: str, token: str, *, refund: bool, then: Callable[[Any], None] | None = None
+    ) -> Call:
+        """``release`` as a call to send with others."""
         log, _, leases = self.keys(key)
-        self._release(keys=[log, leases], args=[token, "1" if refund else "0"])
+        return Call(self.client, self._release, [log, leases], [token, "1" if refund else "0"], then=then)
 
     def renew(self, key: str, tokens: list[str], lease: int) -> int:
         return int(self._renew(keys=[self.keys(key)[2]], args=[lease, *tokens]))
+
+
+def decision_of(reply: Any) -> Decision:
+    """The ``Decision`` in a reply of ``acquire.lua``."""
+    admitted, wait, now, reason = reply
+    return Decision(bool(admitted), int(wait), float(now), _text(reason))
 
 
 def _text(value: bytes | str) -> str:

@@ -20,7 +20,7 @@ from dramatiq.results.backends import RedisBackend
 
 from dramatiq_turbo import install
 from dramatiq_turbo.cache import MultiLevelCache, ResultCache
-from dramatiq_turbo.marks import is_cache_hit
+from dramatiq_turbo.core.delivery import is_cache_hit
 from tests.cache.counting import CountingConnection, counting_client
 
 REDIS_URL = os.environ["TURBO_TEST_REDIS_URL"]

@@ -14,7 +14,7 @@ from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 
 from dramatiq_turbo import events, install
 from dramatiq_turbo.defer import deferral_count
-from dramatiq_turbo.marks import mark_cache_hit
+from dramatiq_turbo.core.delivery import delivery_of
 from dramatiq_turbo.ratelimit import RateLimiter, RedisLimitStore, admitted_at
 from dramatiq_turbo.redis import connect_redis, hash_key
 from tests.harness import unique, wait_for
@@ -112,7 +112,7 @@ def test_a_slot_due_within_max_wait_is_waited_for_in_the_thread(make_broker, sta
 def test_cache_hits_take_no_slot(make_broker, start_worker) -> None:
     class MarkEverythingAHit(Middleware):
         def before_process_message(self, broker: Any, message: Any) -> None:
-            mark_cache_hit(message)
+            delivery_of(broker, message).cache_hit = True
 
     limiter = RateLimiter(max_wait=0)
     broker = limited_broker(make_broker, limiter, MarkEverythingAHit())

@@ -14,7 +14,7 @@ from dramatiq.results.backends import StubBackend
 
 from dramatiq_turbo import Backoff, CircuitBreaker, breaker, install
 from dramatiq_turbo.defer import deferral_count
-from dramatiq_turbo.marks import mark_cache_hit
+from dramatiq_turbo.core.delivery import delivery_of
 from dramatiq_turbo.options import OptionError
 from tests.harness import unique, wait_for
 
@@ -89,7 +89,7 @@ def test_guarded_actor_defers_while_open_and_cache_hits_pass(make_broker, start_
     class MarkHits(Middleware):
         def before_process_message(self, broker, message):
             if message.args and message.args[0] == "cached":
-                mark_cache_hit(message)
+                delivery_of(broker, message).cache_hit = True
 
     broker.add_middleware(MarkHits(), before=CircuitBreaker)
 

@@ -1,0 +1,1 @@
+"""The ground floor: what the middleware share, importing nothing above it."""

@@ -1,0 +1,307 @@
+"""A message's trip through the gates: one Redis round trip before the actor, one after.
+
+``ResultCache``, ``RateLimiter`` and ``CircuitBreaker`` are *gates*: each
+decides, before an actor runs, whether its message may run, and records
+something when it has run.  Each keeps its state in Redis, and asked one
+after another they would cost a round trip each on the way in and again on
+the way out.  Here their work travels together:
+
+* on the way in, each gate's ``before_process_message`` *plans*: it decides
+  what it can locally and declares the Redis calls it needs (``Call``); the
+  last gate on the broker sends every declared call in one pipeline per
+  client, hands each call its reply, then lets each gate *settle* in the
+  broker's order (a gate may wait or defer the message there);
+* on the way out, each gate's ``after_process_message`` (or
+  ``after_skip_message``) declares its calls, and the first gate on the
+  broker - the last one whose ``after_*`` hook runs - sends them.
+
+A ``Delivery`` is the state of one message's trip: the gates it concerns,
+their parts (each gate's own object, which no other gate reads), and the
+facts gates share without importing each other (``cache_hit``).  It lives in
+a context variable of the worker thread for the duration of the delivery,
+never in ``message.options``, so nothing of it is persisted with the message.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from typing import Any
+
+import dramatiq
+import redis
+from dramatiq.middleware import Middleware, SkipMessage
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
+
+from ..packed import execute_pipeline
+
+__all__ = ["Call", "Delivery", "Gate", "current_delivery", "delivery_of", "is_cache_hit", "send_calls"]
+
+logger = logging.getLogger(__name__)
+
+_UNSENT: Any = object()
+
+
+class Call:
+    """One run of a Lua script that a gate needs, sent with the other calls of its trip.
+
+    Parameters:
+      client(redis.Redis): The client to run it on; calls on one client share a pipeline.
+      script(Script): From ``load_script``; run with ``EVALSHA`` (loaded on ``NOSCRIPT``).
+      keys(list): The script's keys (one cluster slot).
+      args(list): The script's arguments.
+      then(callable): Called with the reply, or with the ``redis.RedisError``
+        the call failed with, once the trip is back.  It must not raise.
+    """
+
+    __slots__ = ("args", "client", "keys", "reply", "script", "then")
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        script: Script,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        *,
+        then: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.script = script
+        self.keys = keys
+        self.args = args
+        self.then = then
+        self.reply: Any = _UNSENT
+
+    @property
+    def sent(self) -> bool:
+        """Whether the call went out (its reply, or its error, is known)."""
+        return self.reply is not _UNSENT
+
+    def result(self) -> Any:
+        """The script's reply; raises the ``redis.RedisError`` it failed with."""
+        if self.reply is _UNSENT:
+            raise RuntimeError("the call has not been sent")
+        if isinstance(self.reply, BaseException):
+            raise self.reply
+        return self.reply
+
+    def run(self) -> Any:
+        """Send this call alone, now, and return its reply (raising its error)."""
+        send_calls([self])
+        return self.result()
+
+    def _command(self) -> tuple[Any, ...]:
+        return ("EVALSHA", self.script.sha, len(self.keys), *self.keys, *self.args)
+
+
+def send_calls(calls: Sequence[Call]) -> None:
+    """Send ``calls``, one pipeline (one round trip) per client, and hand each its reply.
+
+    A call whose script the server does not know (it restarted) is sent
+    again with its source; a connection error or timeout becomes the reply of
+    every call of that client, since any of them may have run.
+    """
+    groups: dict[int, list[Call]] = {}
+    for call in calls:
+        groups.setdefault(id(call.client), []).append(call)
+    for group in groups.values():
+        _send_group(group)
+    for call in calls:
+        if call.then is not None:
+            try:
+                call.then(call.reply)
+            except Exception:  # a bug in a gate must not cost the other gates their replies
+                logger.exception("A gate failed to take the reply of its Redis call.")
+
+
+def _send_group(group: list[Call]) -> None:
+    client = group[0].client
+    try:
+        replies = execute_pipeline(client, [call._command() for call in group], len(group))
+    except redis.RedisError as error:
+        for call in group:
+            call.reply = error
+        return
+    for call, reply in zip(group, replies, strict=True):
+        if isinstance(reply, NoScriptError):
+            try:
+                # The script did not run: load it and run it (redis-py's Script does both).
+                reply = call.script(keys=list(call.keys), args=list(call.args), client=client)
+            except redis.RedisError as error:
+                reply = error
+        call.reply = reply
+
+
+class Delivery:
+    """One delivery of one message through the gates.
+
+    Parameters:
+      broker(dramatiq.Broker): The broker the message came from.
+      message: The worker's ``MessageProxy``.
+      gates(tuple): The gates on ``broker``, in its middleware order.
+
+    Attributes:
+      cache_hit(bool): ``ResultCache`` serves the message's result; the
+        actor's body will not run, so it takes no slot and no trial call.
+      parts(dict): Each gate's own state for this delivery, keyed by the gate.
+    """
+
+    __slots__ = ("_after", "_before", "broker", "cache_hit", "first", "gates", "last", "message", "parts")
+
+    def __init__(self, broker: dramatiq.Broker, message: Any, gates: tuple[Gate, ...]) -> None:
+        self.broker = broker
+        self.message = message
+        self.gates = gates
+        self.first = gates[0] if gates else None
+        self.last = gates[-1] if gates else None
+        self.cache_hit = False
+        self.parts: dict[Gate, Any] = {}
+        self._before: list[Call] = []
+        self._after: list[Call] = []
+
+    def join(self, gate: Gate, part: Any) -> None:
+        """Say that ``gate`` takes part in this delivery, with ``part`` as its state."""
+        self.parts[gate] = part
+
+    def before(self, call: Call) -> None:
+        """Send ``call`` in the trip before the actor."""
+        self._before.append(call)
+
+    def after(self, call: Call) -> None:
+        """Send ``call`` in the trip after the actor (or after the skip)."""
+        self._after.append(call)
+
+    def depart(self) -> None:
+        """Send the calls declared before the actor, then let each gate settle, in the broker's order."""
+        calls, self._before = self._before, []
+        if calls:
+            send_calls(calls)
+        for gate in self.gates:
+            part = self.parts.get(gate)
+            if part is not None:
+                gate.settle(self.broker, self.message, self, part)
+
+    def arrive(self) -> None:
+        """Send the calls declared after the actor; the delivery is over.
+
+        What the delivery says of the message (``cache_hit``) stays readable
+        by the middleware whose ``after_*`` hooks run after the gates' until
+        the thread's next delivery; the gates' parts (a cached value, say)
+        are let go now.
+        """
+        calls, self._after = self._after, []
+        self.parts = {}
+        if calls:
+            send_calls(calls)
+
+
+#: The delivery the current worker thread (or the task it runs) is in.
+_current: ContextVar[Delivery | None] = ContextVar("turbo_delivery", default=None)
+
+
+def delivery_of(broker: dramatiq.Broker, message: Any) -> Delivery:
+    """The delivery of ``message`` in this thread, begun now if it has not begun.
+
+    Middleware placed before the gates can use it to tell them something,
+    such as ``delivery_of(broker, message).cache_hit = True``.
+    """
+    delivery = _current.get()
+    if delivery is None or delivery.message is not message:
+        delivery = Delivery(broker, message, _gates_of(broker))
+        _current.set(delivery)
+    return delivery
+
+
+def is_cache_hit(message: Any) -> bool:
+    """Whether the result of ``message``, in its delivery in this thread, is served from the cache."""
+    delivery = current_delivery(message)
+    return delivery is not None and delivery.cache_hit
+
+
+def current_delivery(message: Any = None) -> Delivery | None:
+    """The delivery in progress in this thread: of ``message`` if given, else whichever it is."""
+    delivery = _current.get()
+    if delivery is None or (message is not None and delivery.message is not message):
+        return None
+    return delivery
+
+
+class Gate(Middleware):
+    """A middleware whose Redis work before and after the actor travels in the delivery's trips.
+
+    Subclasses implement ``plan`` and, as they need, ``settle``, ``finish``
+    and ``abort``; this class turns Dramatiq's hooks into them.  A gate that
+    a message does not concern returns from ``plan`` without joining.
+    """
+
+    def plan(self, broker: dramatiq.Broker, message: Any, delivery: Delivery) -> None:
+        """Before the actor: decide what can be decided here; join and declare calls if concerned."""
+
+    def settle(self, broker: dramatiq.Broker, message: Any, delivery: Delivery, part: Any) -> None:
+        """Before the actor, once the calls are back: let the message through, wait, or defer it."""
+
+    def finish(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        delivery: Delivery,
+        part: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        """After the actor: declare what to record (calls go out in the trip after the actor)."""
+
+    def abort(self, broker: dramatiq.Broker, message: Any, delivery: Delivery, part: Any) -> None:
+        """After a skip (a deferral, ``AgeLimit``...): give back what the message took."""
+
+    # Dramatiq's hooks ---------------------------------------------------------
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        delivery = delivery_of(broker, message)
+        try:
+            self.plan(broker, message, delivery)
+        except SkipMessage:
+            raise
+        except BaseException:
+            if delivery.last is self:
+                delivery.depart()
+            raise
+        if delivery.last is self:
+            delivery.depart()
+
+    def after_process_message(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        *,
+        result: Any = None,
+        exception: BaseException | None = None,
+    ) -> None:
+        delivery = _current.get()
+        if delivery is None or delivery.message is not message:
+            return
+        try:
+            part = delivery.parts.get(self)
+            if part is not None:
+                self.finish(broker, message, delivery, part, result=result, exception=exception)
+        finally:
+            if delivery.first is self:
+                delivery.arrive()
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        delivery = _current.get()
+        if delivery is None or delivery.message is not message:
+            return
+        try:
+            part = delivery.parts.get(self)
+            if part is not None:
+                self.abort(broker, message, delivery, part)
+        finally:
+            if delivery.first is self:
+                delivery.arrive()
+
+
+def _gates_of(broker: dramatiq.Broker) -> tuple[Gate, ...]:
+    return tuple(m for m in broker.middleware if isinstance(m, Gate))
