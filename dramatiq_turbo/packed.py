@@ -232,7 +232,9 @@ def _give(pool: redis.ConnectionPool, connection: Any) -> None:
     if spares is None or spares.pid != os.getpid():
         # First use in this process (or after a fork: the parent's are not ours).
         spares = _spares[pool] = _Spares()
-    if len(spares.connections) < _MAX_SPARES and isinstance(connection, AbstractConnection):
+    # At most a quarter of the pool waits here: the rest stays for the client's other users.
+    room = min(_MAX_SPARES, int(getattr(pool, "max_connections", 0)) // 4)
+    if len(spares.connections) < room and isinstance(connection, AbstractConnection):
         spares.connections.append(connection)
     else:
         pool.release(connection)

@@ -93,7 +93,9 @@ class TcpProxy:
             self._pump(client, server, awaiting, request=True)
             self._pump(server, client, awaiting, request=False)
 
-    def _pump(self, source: socket.socket, sink: socket.socket, awaiting: list[bool], *, request: bool) -> None:
+    def _pump(
+        self, source: socket.socket, sink: socket.socket, awaiting: list[bool], *, request: bool
+    ) -> None:
         # Without latency the reading thread forwards at once (no queue hop).
         chunks: Any = queue.SimpleQueue() if self.delay else _Direct(sink)
 

@@ -6,7 +6,6 @@ import functools
 import logging
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
@@ -17,6 +16,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import pybreaker
 
 from ..core.delivery import Call, send_calls
+from ..core.tokens import new_token
 from ..events import record
 from ..outage import Outage
 from .store import (
@@ -153,7 +153,7 @@ class Breaker:
         admission = self.admit_locally()
         if admission is not None:
             return admission
-        token = uuid.uuid4().hex
+        token = new_token()
         return self.admission_from(self.acquire_call(token), token)
 
     def admit_locally(self) -> Admission | None:

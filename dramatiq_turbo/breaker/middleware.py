@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import dramatiq
 
 from ..core.delivery import Call, Delivery, Gate, current_delivery
+from ..core.tokens import new_token
 from ..defer import defer
 from ..options import OptionError, get_option, require_ms
 from ..outage import Outage
@@ -221,7 +221,7 @@ class CircuitBreaker(Gate):
             guard.refused = error  # deferred when settling, unless the result is a cache hit
             return
         if guard.admission is None:
-            guard.token = uuid.uuid4().hex
+            guard.token = new_token()
             guard.call = guard.breaker.acquire_call(guard.token)
             if guard.call is not None:
                 delivery.before(guard.call)

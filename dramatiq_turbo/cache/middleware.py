@@ -221,6 +221,7 @@ class ResultCache(Gate):
             part.pending.abandon(send=delivery.after)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        super().after_worker_shutdown(broker, worker)
         # After, not before: messages still running at shutdown keep their
         # leases renewed until the worker has let them finish.
         self.cache.close()

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import redis
 
 from ..core.delivery import Call, send_calls
+from ..core.tokens import new_token
 from ..options import require_ms
 from ..outage import Outage
 from ..redis import RedisLike, resolve_redis
@@ -462,7 +463,7 @@ class MultiLevelCache:
         leases = self._leases
         if self._usable_store() is None or leases is None:
             return PendingLookup(self, key, lookup=self._turn(key, flight, "", waited))
-        token = uuid.uuid4().hex
+        token = new_token()
         return PendingLookup(
             self,
             key,

@@ -27,7 +27,6 @@ import logging
 import os
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import redis
 
 from ..core.delivery import Call, send_calls
+from ..core.tokens import new_token
 from ..redis import connect_redis_like
 from .store import RedisStore
 
@@ -138,7 +138,7 @@ class Leases:
 
     def begin(self, key: str, *, deadline: float, skip_value: bool = False) -> RemoteTurn:
         """Read ``key``'s value, or take its lease, or wait for its holder until ``deadline`` (monotonic)."""
-        token = uuid.uuid4().hex
+        token = new_token()
         call = self.begin_call(key, token, skip_value=skip_value)
         send_calls([call])
         return self.take_turn(key, token, call, deadline=deadline)

@@ -13,7 +13,11 @@ the way out.  Here their work travels together:
   broker's order (a gate may wait or defer the message there);
 * on the way out, each gate's ``after_process_message`` (or
   ``after_skip_message``) declares its calls, and the first gate on the
-  broker - the last one whose ``after_*`` hook runs - sends them.
+  broker - the last one whose ``after_*`` hook runs - hands them to the
+  process's *outbox*: the worker thread does not wait for them.  They go out
+  at the head of the next trip before an actor (in the same pipeline, so in
+  order), or from the outbox's own thread when no such trip comes first.  A
+  thread's calls are always in Redis before its next trip's own.
 
 A ``Delivery`` is the state of one message's trip: the gates it concerns,
 their parts (each gate's own object, which no other gate reads), and the
@@ -25,6 +29,10 @@ never in ``message.options``, so nothing of it is persisted with the message.
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Any
@@ -37,7 +45,16 @@ from redis.exceptions import NoScriptError
 
 from ..packed import execute_pipeline
 
-__all__ = ["Call", "Delivery", "Gate", "current_delivery", "delivery_of", "is_cache_hit", "send_calls"]
+__all__ = [
+    "Call",
+    "Delivery",
+    "Gate",
+    "current_delivery",
+    "delivery_of",
+    "flush_outbox",
+    "is_cache_hit",
+    "send_calls",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +151,99 @@ def _send_group(group: list[Call]) -> None:
         call.reply = reply
 
 
+class _Outbox:
+    """The calls of the trips after the actor that have not gone out yet, in this process.
+
+    Thread-safe.  ``put`` never waits; ``take`` hands pending calls to a trip
+    that is about to go out, and first waits for any batch still on its way
+    that holds calls of the taking thread, so that a thread's calls reach
+    Redis in the order it made them.  One daemon thread per process sends
+    what no trip took within 2 ms.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._landed = threading.Condition(self._lock)
+        self._pending: list[tuple[int, Call]] = []
+        self._in_flight: Counter[int] = Counter()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def put(self, calls: list[Call]) -> None:
+        owner = threading.get_ident()
+        with self._lock:
+            self._adopt()
+            self._pending.extend((owner, call) for call in calls)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="turbo-outbox", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def take(self) -> tuple[list[Call], list[int]]:
+        """The pending calls (to send first) and their owners (for ``landed``)."""
+        me = threading.get_ident()
+        with self._lock:
+            self._adopt()
+            while self._in_flight[me]:
+                self._landed.wait()
+            pending, self._pending = self._pending, []
+            owners = [owner for owner, _ in pending]
+            self._in_flight.update(owners)
+        return [call for _, call in pending], owners
+
+    def landed(self, owners: list[int]) -> None:
+        """The calls taken with ``owners`` are back from Redis."""
+        if not owners:
+            return
+        with self._lock:
+            self._in_flight.subtract(owners)
+            self._landed.notify_all()
+
+    def flush(self) -> None:
+        """Send whatever is pending now, and wait for every batch on its way."""
+        calls, owners = self.take()
+        try:
+            if calls:
+                send_calls(calls)
+        finally:
+            self.landed(owners)
+        with self._lock:
+            while any(count > 0 for count in self._in_flight.values()):
+                self._landed.wait(1.0)
+
+    def _adopt(self) -> None:
+        # In a forked child the parent's pending calls are the parent's to
+        # send, and its thread is gone.  (Called with the lock held.)
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._pending, self._in_flight, self._thread = [], Counter(), None
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            # Wait a moment first: on a busy worker the next trip takes the
+            # calls along for free, and its thread need not wait for a batch.
+            time.sleep(_LINGER)
+            self._wake.clear()
+            calls, owners = self.take()
+            try:
+                if calls:
+                    send_calls(calls)
+            finally:
+                self.landed(owners)
+
+
+_outbox = _Outbox()
+#: Seconds the outbox's thread leaves pending calls for a trip to take along.
+_LINGER = 0.002
+
+
+def flush_outbox() -> None:
+    """Send this process's pending after-the-actor calls now and wait for them (at shutdown, say)."""
+    _outbox.flush()
+
+
 class Delivery:
     """One delivery of one message through the gates.
 
@@ -174,17 +284,24 @@ class Delivery:
         self._after.append(call)
 
     def depart(self) -> None:
-        """Send the calls declared before the actor, then let each gate settle, in the broker's order."""
+        """Send the calls declared before the actor, then let each gate settle, in the broker's order.
+
+        The process's pending after-the-actor calls go first in the same pipeline.
+        """
         calls, self._before = self._before, []
         if calls:
-            send_calls(calls)
+            owed, owners = _outbox.take()
+            try:
+                send_calls(owed + calls)
+            finally:
+                _outbox.landed(owners)
         for gate in self.gates:
             part = self.parts.get(gate)
             if part is not None:
                 gate.settle(self.broker, self.message, self, part)
 
     def arrive(self) -> None:
-        """Send the calls declared after the actor; the delivery is over.
+        """Hand the calls declared after the actor to the outbox; the delivery is over.
 
         What the delivery says of the message (``cache_hit``) stays readable
         by the middleware whose ``after_*`` hooks run after the gates' until
@@ -194,7 +311,7 @@ class Delivery:
         calls, self._after = self._after, []
         self.parts = {}
         if calls:
-            send_calls(calls)
+            _outbox.put(calls)
 
 
 #: The delivery the current worker thread (or the task it runs) is in.
@@ -256,6 +373,10 @@ class Gate(Middleware):
 
     def abort(self, broker: dramatiq.Broker, message: Any, delivery: Delivery, part: Any) -> None:
         """After a skip (a deferral, ``AgeLimit``...): give back what the message took."""
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        # The worker's threads are done: what they left to send goes out now.
+        flush_outbox()
 
     # Dramatiq's hooks ---------------------------------------------------------
     def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:

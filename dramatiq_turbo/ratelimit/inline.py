@@ -17,7 +17,6 @@ import inspect
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Coroutine, Generator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import redis as redis_lib
 
+from ..core.tokens import new_token
 from ..events import record
 from ..options import require_ms
 from ..outage import Outage
@@ -327,7 +327,7 @@ class rate_limit:
     def _admit(self) -> Generator[int, None, _Entry]:
         """Take this block's start (and slot), yielding the ms to sleep between attempts."""
         limiter = _current_limiter()
-        token = uuid.uuid4().hex
+        token = new_token()
         started = _now_ms()
         while True:
             waited = _elapsed(started)

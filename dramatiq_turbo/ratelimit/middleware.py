@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,6 +14,7 @@ import redis as redis_lib
 from dramatiq.common import q_name
 
 from ..core.delivery import Call, Delivery, Gate, current_delivery
+from ..core.tokens import new_token
 from ..defer import defer, deferral_count
 from ..events import record
 from ..options import require_ms
@@ -243,6 +243,7 @@ class RateLimiter(Gate):
         self._release(delivery, attempt, refund=True)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        super().after_worker_shutdown(broker, worker)
         # After, not before: a graceful shutdown lets running messages finish,
         # and their leases must live until then.
         self.renewer.stop()
@@ -324,7 +325,7 @@ class RateLimiter(Gate):
 
 
 def _token(message: Any) -> str:
-    return f"{message.message_id}:{uuid.uuid4().hex[:12]}"
+    return f"{message.message_id}:{new_token()}"
 
 
 def _queue_rule(queue: str, value: Any) -> Rule:
