@@ -61,7 +61,8 @@ class MetricsCollector:
 
     def record_success(self, ms: float) -> None:
         """Count one successful job that took ``ms`` milliseconds."""
-        if isinstance(ms, bool) or not isinstance(ms, int | float) or ms < 0 or ms != ms:
+        # A tuple, not ``int | float``: that union is built anew on every call.
+        if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms < 0 or ms != ms:
             raise ValueError(f"record_success takes a duration in milliseconds >= 0, got {ms!r}")
         with self._lock:
             self._processed += 1

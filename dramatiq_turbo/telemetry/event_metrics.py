@@ -73,9 +73,9 @@ class EventMetrics:
         for key in keep:
             value = attributes.get(key)
             if value is not None:
-                labels[key] = value if isinstance(value, str | bool | int | float) else str(value)
+                labels[key] = value if isinstance(value, (str, bool, int, float)) else str(value)
         counter.add(1, labels)
         if name == "ratelimit.wait":
             wait_ms = attributes.get("wait_ms")
-            if isinstance(wait_ms, int | float):
+            if isinstance(wait_ms, (int, float)):
                 self._wait.record(wait_ms / 1000.0, labels)

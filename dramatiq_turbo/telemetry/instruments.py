@@ -10,10 +10,11 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 
 from .semconv import DURATION_BUCKETS
 
-__all__ = ["Instruments", "LocalCounter"]
+__all__ = ["WAIT_BUCKETS", "Instruments", "LocalCounter"]
 
-# Queue waits are longer than operations: up to hours for delayed messages.
-_WAIT_BUCKETS = (*DURATION_BUCKETS, 30.0, 60.0, 300.0, 900.0, 3600.0)
+#: The bucket advice of ``turbo.queue.wait.duration``, in seconds: queue waits
+#: are longer than operations, up to hours for delayed messages.
+WAIT_BUCKETS = (*DURATION_BUCKETS, 30.0, 60.0, 300.0, 900.0, 3600.0)
 
 
 class LocalCounter:
@@ -91,5 +92,5 @@ class Instruments:
             "turbo.queue.wait.duration",
             unit="s",
             description="Time between a message becoming due (enqueue or eta) and its processing start.",
-            explicit_bucket_boundaries_advisory=_WAIT_BUCKETS,
+            explicit_bucket_boundaries_advisory=WAIT_BUCKETS,
         )

@@ -23,8 +23,8 @@ DELAYED_OPTION = "turbo_trace_delayed"
 READY_AT_OPTION = "turbo_ready_at"
 
 
-def inject(context: Context) -> dict[str, str]:
-    """``context`` as a JSON-safe carrier for ``message.options``."""
+def inject(context: Context | None) -> dict[str, str]:
+    """``context`` (``None``: the current one) as a JSON-safe carrier for ``message.options``."""
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=context)
     return carrier
