@@ -42,6 +42,9 @@ _EXPORTS: dict[str, str] = {
     "MetricsCollector": "dramatiq_turbo.telemetry",
     "step": "dramatiq_turbo.telemetry",
     "Timer": "dramatiq_turbo.telemetry",
+    "QueueMonitor": "dramatiq_turbo.monitor",
+    "QueueStats": "dramatiq_turbo.monitor",
+    "QueueStatsRecorder": "dramatiq_turbo.monitor",
     # tools for actors and workers
     "presets": "dramatiq_turbo.presets",  # a public module
     "http_session": "dramatiq_turbo.http",
@@ -76,6 +79,9 @@ if TYPE_CHECKING:
     from .http import DownloadTooLarge as DownloadTooLarge
     from .http import download_file as download_file
     from .http import http_session as http_session
+    from .monitor import QueueMonitor as QueueMonitor
+    from .monitor import QueueStats as QueueStats
+    from .monitor import QueueStatsRecorder as QueueStatsRecorder
     from .ratelimit import RateLimiter as RateLimiter
     from .ratelimit import RateLimitTimeout as RateLimitTimeout
     from .ratelimit import rate_limit as rate_limit

@@ -15,7 +15,7 @@ __all__ = ["build_parser", "main"]
 # Modules that add a sub-command.  Each defines ``register(subparsers)``, which
 # adds its parser and sets ``handler`` (a function of the parsed arguments that
 # returns the exit code) as the parser's default.
-_COMMAND_MODULES: tuple[str, ...] = ("dramatiq_turbo.presets",)
+_COMMAND_MODULES: tuple[str, ...] = ("dramatiq_turbo.presets", "dramatiq_turbo.monitor.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,9 @@ The order matters because ``before_*`` hooks run in list order and ``after_*``
 hooks in reverse:
 
 1. ``Telemetry`` first, so its consumer span covers every other hook
-   (including a skip by ``AgeLimit``) and is ended last.
+   (including a skip by ``AgeLimit``) and is ended last; ``QueueStatsRecorder``
+   right after it, so its counts see every gate's deferral and, on the way
+   out, ``Backoff``'s decision.
 2. Dramatiq's defaults in their place, with ``Retries`` replaced by
    ``Backoff`` where ``Retries`` stood.
 3. The gates, in this order: ``ResultCache`` (a hit marks the message so the
@@ -58,6 +60,7 @@ class _Slot:
 
 
 _TELEMETRY = _Slot("telemetry", "dramatiq_turbo.telemetry:Telemetry", takes_redis=False)
+_MONITOR = _Slot("monitor", "dramatiq_turbo.monitor:QueueStatsRecorder", takes_redis=True)
 _BACKOFF = _Slot("backoff", "dramatiq_turbo.backoff:Backoff", takes_redis=False)
 # The gates, in the order their before_process_message hooks must run.
 _GATES = (
@@ -76,6 +79,7 @@ def install(
     rate_limit: MiddlewareFlag = True,
     backoff: MiddlewareFlag = True,
     telemetry: MiddlewareFlag = True,
+    monitor: MiddlewareFlag = True,
 ) -> dramatiq.Broker:
     """Add the suite's middleware to ``broker`` in the right order and return it.
 
@@ -91,10 +95,12 @@ def install(
         server and database are used (through a client with
         ``connect_redis``'s safe settings); with ``None`` and any other broker,
         every middleware works per process.
-      cache, breaker, rate_limit, backoff, telemetry: ``True`` adds the
-        middleware with its defaults (sharing ``redis``), ``False`` leaves it
-        out, and a middleware instance is added as it is.  ``backoff``
-        replaces Dramatiq's ``Retries``.
+      cache, breaker, rate_limit, backoff, telemetry, monitor: ``True`` adds
+        the middleware with its defaults (sharing ``redis``), ``False``
+        leaves it out, and a middleware instance is added as it is.
+        ``backoff`` replaces Dramatiq's ``Retries``; ``monitor`` is the
+        ``QueueStatsRecorder`` that ``QueueMonitor`` and ``dramatiq-turbo
+        stats`` read.
 
     Returns:
       dramatiq.Broker: ``broker``, for chaining.
@@ -105,6 +111,7 @@ def install(
         "rate_limit": rate_limit,
         "backoff": backoff,
         "telemetry": telemetry,
+        "monitor": monitor,
     }
     for flag, value in flags.items():
         if not isinstance(value, bool | Middleware):
@@ -113,7 +120,7 @@ def install(
     shared = _SharedRedis(redis, broker)
     slots = _slots_of(broker)
 
-    for slot in (_TELEMETRY, _BACKOFF, *_GATES):
+    for slot in (_TELEMETRY, _MONITOR, _BACKOFF, *_GATES):
         if _installed(broker, slot) is not None:
             continue
         middleware = _build(slot, flags[slot.flag], shared)
@@ -121,6 +128,11 @@ def install(
             continue
         if slot is _TELEMETRY:
             _insert(broker, middleware, 0)
+        elif slot is _MONITOR:
+            telemetry_slot = _installed(broker, _TELEMETRY)
+            _insert(
+                broker, middleware, 0 if telemetry_slot is None else _position(broker, telemetry_slot) + 1
+            )
         elif slot is _BACKOFF:
             _replace_retries(broker, middleware)
         else:

@@ -33,7 +33,7 @@ def _stand_ins() -> dict[str, Middleware]:
     # One class per slot, as the real middleware are.
     return {
         flag: type(f"StandIn_{flag}", (StandIn,), {})(flag)
-        for flag in ("telemetry", "cache", "rate_limit", "breaker", "backoff")
+        for flag in ("telemetry", "monitor", "cache", "rate_limit", "breaker", "backoff")
     }
 
 
@@ -47,6 +47,7 @@ def test_install_orders_the_suite_around_dramatiqs_defaults():
 
     assert _order(broker) == [
         "telemetry",  # first: its span covers every other hook
+        "monitor",  # its counts see every gate's deferral and Backoff's decision
         "AgeLimit",
         "TimeLimit",
         "ShutdownNotifications",
@@ -84,9 +85,16 @@ def test_install_fills_gaps_in_order_when_called_again():
         rate_limit=False,
         backoff=False,
         telemetry=False,
+        monitor=False,
     )
     install(
-        broker, rate_limit=stand_ins["rate_limit"], cache=False, breaker=False, backoff=False, telemetry=False
+        broker,
+        rate_limit=stand_ins["rate_limit"],
+        cache=False,
+        breaker=False,
+        backoff=False,
+        telemetry=False,
+        monitor=False,
     )
 
     assert _order(broker)[-3:] == ["cache", "rate_limit", "breaker"]
@@ -95,7 +103,9 @@ def test_install_fills_gaps_in_order_when_called_again():
 def test_install_with_everything_off_leaves_the_broker_alone():
     broker = StubBroker()
     before = list(broker.middleware)
-    install(broker, cache=False, breaker=False, rate_limit=False, backoff=False, telemetry=False)
+    install(
+        broker, cache=False, breaker=False, rate_limit=False, backoff=False, telemetry=False, monitor=False
+    )
     assert broker.middleware == before
 
 
@@ -173,3 +183,15 @@ def test_a_subclass_of_a_suite_middleware_fills_its_slot():
     broker = StubBroker(middleware=[Retries(), mine])
     install(broker, telemetry=False, rate_limit=False, breaker=False)
     assert [m for m in broker.middleware if isinstance(m, ResultCache)] == [mine]
+
+
+def test_install_puts_the_queue_stats_recorder_after_telemetry_or_first():
+    from dramatiq_turbo import QueueStatsRecorder
+
+    broker = StubBroker()
+    install(broker, telemetry=False, cache=False, breaker=False, rate_limit=False, backoff=False)
+    assert isinstance(broker.middleware[0], QueueStatsRecorder)
+    install(broker)
+    names = [type(m).__name__ for m in broker.middleware]
+    assert names[:2] == ["Telemetry", "QueueStatsRecorder"], names
+    assert names.count("QueueStatsRecorder") == 1

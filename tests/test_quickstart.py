@@ -18,4 +18,4 @@ def test_quickstart_pipeline_runs_twice_and_serves_the_slow_step_from_the_cache(
     assert all("{'paragraphs': 3, 'words': 40, 'longest': 18}" in line for line in lines)
     first_ms, second_ms = (float(line.rsplit("(", 1)[1].split(" ms")[0]) for line in lines)
     assert second_ms < first_ms, "the cached step makes the second run faster"
-    assert "Telemetry, AgeLimit" in run.stdout and "Backoff" in run.stdout
+    assert "Telemetry, QueueStatsRecorder, AgeLimit" in run.stdout and "Backoff" in run.stdout
