@@ -16,6 +16,7 @@ from typing import Any, NoReturn, ParamSpec, TypeVar
 import pybreaker
 
 from ..core.delivery import Call, send_calls
+from ..core.fallback import Fallback
 from ..core.tokens import new_token
 from ..events import record
 from ..outage import Outage
@@ -128,11 +129,17 @@ class Breaker:
     ) -> None:
         self.name = name
         self.settings = settings
-        self.shared = shared
-        self.local = MemoryStore()
+        #: The shared store, or this process's while it fails (any error counts).
+        self.stores: Fallback[BreakerStore] = Fallback(
+            shared=shared,
+            local=MemoryStore(),
+            component="breaker",
+            logger=logger,
+            outage=outage,
+            errors=(Exception,),
+        )
         self.exclude = exclude
         self.listeners = tuple(listeners)
-        self.outage = outage or Outage(component="breaker", logger=logger)
         #: Until when (monotonic seconds) this process knows the breaker is open.
         self._open_until = 0.0
         self.staleness = min(staleness, settings.reset_timeout // 4) / 1000
@@ -145,6 +152,21 @@ class Breaker:
         #: State transitions made by this process, and calls refused, by kind.
         self.counts: Counter[str] = Counter()
         self.state = STATE_CLOSED
+
+    @property
+    def shared(self) -> BreakerStore | None:
+        """The store every process shares (Redis), or ``None``."""
+        return self.stores.shared
+
+    @property
+    def local(self) -> MemoryStore:
+        """This process's store: the fallback while the shared one fails."""
+        local: MemoryStore = self.stores.local  # type: ignore[assignment]
+        return local
+
+    @property
+    def outage(self) -> Outage:
+        return self.stores.outage
 
     # -- the hot path -------------------------------------------------------
 
@@ -257,20 +279,20 @@ class Breaker:
         try:
             reply = store.record(self.name, self.settings, admission.generation, outcome, admission.token)
         except Exception as error_:
-            self.outage.failed(error_)
+            self.stores.failed(error_)
             return
         self._learn(reply)
 
     def _recorded(self, reply: Any, outcome: str) -> None:
         if isinstance(reply, Exception):
-            self.outage.failed(reply)
+            self.stores.failed(reply)
             self._closed_until = 0.0
             if outcome == "failure":
                 # Redis is gone: the failure counts here, where the next calls are decided.
                 generation = self.local.generation(self.name)
                 self._record_here(self.local, self._local_admission(generation), outcome)
             return
-        self.outage.succeeded()
+        self.stores.succeeded()
         self._learn(reply_of(reply), shared=True)
 
     def _local_admission(self, generation: int) -> Admission:
@@ -282,19 +304,12 @@ class Breaker:
         """The shared store's reply (from ``call``, or asked now), or this process's when it fails."""
         if call is not None and not call.sent:
             send_calls([call])
-        if self.shared is not None:
-            try:
-                reply = reply_of(call.result()) if call is not None else decide(self.shared)
-            except Exception as error:
-                self.outage.failed(error)
-                self._closed_until = 0.0
-            else:
-                self.outage.succeeded()
-                self._learn(reply, shared=True)
-                return self.shared, reply
-        reply = decide(self.local)
-        self._learn(reply)
-        return self.local, reply
+        if call is not None and self.shared is not None:
+            store, reply = self.stores.answer(lambda: reply_of(call.result()), decide)
+        else:
+            store, reply = self.stores.run(decide)
+        self._learn(reply, shared=store is self.shared)
+        return store, reply
 
     def _learn(self, reply: Reply, *, shared: bool = False) -> None:
         if shared:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import redis
 
 from ..core.delivery import Call, send_calls
+from ..core.fallback import Fallback
 from ..core.tokens import new_token
 from ..options import require_ms
 from ..outage import Outage
@@ -22,7 +23,7 @@ from .invalidation import InvalidationListener
 from .l1 import MISSING, LocalCache
 from .serializers import Codec, Serializer, UndecodableValue, get_serializer
 from .singleflight import DONE, FAILED, Flight, Leases, LocalFlights, RemoteTurn
-from .store import RedisStore
+from .store import NoL2, RedisStore
 
 __all__ = ["Lookup", "MultiLevelCache", "PendingLookup"]
 
@@ -253,7 +254,6 @@ class MultiLevelCache:
         self.namespace = namespace
         self.codec = Codec(get_serializer(serializer), compress_threshold=compress_threshold)
         self.l1 = LocalCache(maxsize=l1_maxsize, ttl=self.l1_ttl)
-        self.outage = Outage(component="cache", logger=logger)
         self._flights = LocalFlights()
         self._client = resolve_redis(redis)
         self._store: RedisStore | None = None
@@ -262,6 +262,10 @@ class MultiLevelCache:
         # Bumped by every invalidation this process hears: a value read from
         # L2 before an invalidation must not be kept in L1 after it.
         self._invalidations = 0
+        #: L2: Redis, or no L2 at all while Redis is down (or when there is none).
+        self.stores: Fallback[RedisStore | NoL2] = Fallback(
+            shared=None, local=NoL2(), component="cache", logger=logger, retry_interval=self.retry_interval
+        )
         if self._client is not None:
             self._store = RedisStore(self._client, namespace=namespace)
             self._leases = Leases(self._store, lease_ttl=self.lease_ttl)
@@ -271,7 +275,7 @@ class MultiLevelCache:
                 reset=self._reset_local,
                 retry_interval=self.retry_interval,
             )
-        self._last_failure = 0.0
+            self.stores.shared = self._store
         self._counts = dict.fromkeys(("l1_hits", "l2_hits", "misses", "errors", "computations", "waits"), 0)
         self._counts_lock = threading.Lock()
         _caches.add(self)
@@ -283,20 +287,13 @@ class MultiLevelCache:
         if value is not MISSING:
             return value
         self._check_key(key)
-        store = self._usable_store()
-        if store is not None:
-            generation = self._invalidations
-            try:
-                found = store.get(key)
-                self.outage.succeeded()
-            except redis.RedisError as error:
-                self._failed(error)
-                found = None
-            if found is not None:
-                value = self._decode(key, *found, generation)
-                if value is not MISSING:
-                    self._count("l2_hits")
-                    return value
+        generation = self._invalidations
+        found = self._l2(lambda l2: l2.get(key))
+        if found is not None:
+            value = self._decode(key, *found, generation)
+            if value is not MISSING:
+                self._count("l2_hits")
+                return value
         self._count("misses")
         return default
 
@@ -312,15 +309,9 @@ class MultiLevelCache:
                 wanted.append(key)
             else:
                 result[key] = value
-        store = self._usable_store()
-        if wanted and store is not None:
+        if wanted:
             generation = self._invalidations
-            try:
-                found = store.get_many(wanted)
-                self.outage.succeeded()
-            except redis.RedisError as error:
-                self._failed(error)
-                found = [None] * len(wanted)
+            found = self._l2(lambda l2: l2.get_many(wanted))
             for key, entry in zip(wanted, found, strict=True):
                 if entry is not None:
                     value = self._decode(key, *entry, generation)
@@ -340,9 +331,7 @@ class MultiLevelCache:
         ttl = self._ttl(ttl)
         data, stored = self.codec.encode_and_copy(value)
         self.l1.set(key, stored, ttl)
-        store = self._usable_store()
-        if store is not None:
-            self._call(store.set, key, data, ttl)
+        self._l2(lambda l2: l2.set(key, data, ttl))
 
     def set_many(self, items: Mapping[str, Any], ttl: int | None = None) -> None:
         """``set`` for many keys; L2 is written in one round trip."""
@@ -356,9 +345,8 @@ class MultiLevelCache:
             copies.append((key, stored))
         for key, stored in copies:
             self.l1.set(key, stored, ttl)
-        store = self._usable_store()
-        if encoded and store is not None:
-            self._call(store.set_many, encoded)
+        if encoded:
+            self._l2(lambda l2: l2.set_many(encoded))
 
     def delete(self, key: str) -> bool:
         """Remove ``key`` from L2 and from L1 in every process; whether L2 had it.
@@ -369,10 +357,7 @@ class MultiLevelCache:
         """
         self._check_key(key)
         self.l1.pop(key)
-        store = self._usable_store()
-        if store is None:
-            return False
-        return bool(self._call(store.delete, [key]))
+        return bool(self._l2(lambda l2: l2.delete([key])))
 
     def get_or_compute(self, key: str, fn: Callable[[], T], ttl: int | None = None) -> T:
         """The cached value of ``key``, or ``fn()`` computed once and cached for ``ttl`` ms.
@@ -447,6 +432,7 @@ class MultiLevelCache:
         with self._counts_lock:
             counts = dict(self._counts)
         counts["l1_hits"] += self.l1.hits
+        counts["errors"] += self.outage.errors
         counts["outages"] = self.outage.outages
         counts["l1_size"] = len(self.l1)
         return counts
@@ -602,29 +588,27 @@ class MultiLevelCache:
             self.l1.set(key, value, ttl if ttl > 0 else None)
         return value
 
-    def _usable_store(self) -> RedisStore | None:
-        """The store, unless Redis failed less than ``retry_interval`` ago."""
-        if self._store is None:
-            return None
-        if self.outage.active and (time.monotonic() - self._last_failure) * 1000 < self.retry_interval:
-            return None
-        assert self._listener is not None
-        self._listener.ensure_started()
-        return self._store
+    @property
+    def outage(self) -> Outage:
+        return self.stores.outage
 
-    def _call(self, fn: Callable[..., T], *args: Any) -> T | None:
-        try:
-            result = fn(*args)
-        except redis.RedisError as error:
-            self._failed(error)
+    def _l2(self, use: Callable[[RedisStore | NoL2], T]) -> T:
+        """``use(l2)`` on Redis, or on no L2 while Redis is down (or when there is none)."""
+        if self._listener is not None:
+            self._listener.ensure_started()
+        return self.stores.run(use)[1]
+
+    def _usable_store(self) -> RedisStore | None:
+        """Redis, unless there is none or it failed less than ``retry_interval`` ago."""
+        store = self.stores.current()
+        if not isinstance(store, RedisStore):
             return None
-        self.outage.succeeded()
-        return result
+        if self._listener is not None:
+            self._listener.ensure_started()
+        return store
 
     def _failed(self, error: redis.RedisError) -> None:
-        self._last_failure = time.monotonic()
-        self._count("errors")
-        self.outage.failed(error)
+        self.stores.failed(error)
 
     def _drop_local(self, keys: list[str]) -> None:
         # Counted first: a reader that read L2 before this must not fill L1 after it.

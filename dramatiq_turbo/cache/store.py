@@ -26,7 +26,7 @@ from redis.exceptions import NoScriptError
 from ..packed import execute_pipeline, execute_transaction, raise_first_error
 from ..redis import hash_key, load_script, set_commands
 
-__all__ = ["RedisStore"]
+__all__ = ["NoL2", "RedisStore"]
 
 _PACKAGE = "dramatiq_turbo.cache"
 
@@ -113,3 +113,26 @@ class RedisStore:
         pipe.publish(self.channel, self.invalidation(keys))
         deleted, _ = pipe.execute()
         return int(deleted)
+
+
+class NoL2:
+    """The L2 of a cache without Redis, or while Redis is down: nothing is found and nothing kept.
+
+    It answers as ``RedisStore`` does, so the cache reads and writes "L2"
+    the same way whether Redis is there or not (``Fallback`` picks which).
+    """
+
+    def get(self, key: str) -> tuple[bytes, int] | None:
+        return None
+
+    def get_many(self, keys: Sequence[str]) -> list[tuple[bytes, int] | None]:
+        return [None] * len(keys)
+
+    def set(self, key: str, data: bytes, ttl: int | None) -> None:
+        return None
+
+    def set_many(self, items: Sequence[tuple[str, bytes, int | None]]) -> None:
+        return None
+
+    def delete(self, keys: Sequence[str]) -> int:
+        return 0

@@ -25,10 +25,10 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 import redis as redis_lib
 
+from ..core.fallback import Fallback
 from ..core.tokens import new_token
 from ..events import record
 from ..options import require_ms
-from ..outage import Outage
 from .leases import Hold, LeaseRenewer
 from .rules import DEFAULT_LEASE, InvalidRateLimit, Rule, key_budget, parse_rule
 from .store import CONCURRENCY_POLL, Decision, LimitStore, LocalLimitStore
@@ -107,10 +107,8 @@ class Permit:
 class _Limiter(Protocol):
     """What ``rate_limit`` uses of a ``RateLimiter``: its stores, outage policy and lease renewer."""
 
-    store: LimitStore
-    local: LocalLimitStore
+    stores: Fallback[LimitStore]
     fail_open: bool
-    outage: Outage
     renewer: LeaseRenewer
 
 
@@ -118,10 +116,10 @@ class _PerProcess:
     """Stands in for a ``RateLimiter`` when there is none: limits counted in this process only."""
 
     def __init__(self) -> None:
-        self.local = LocalLimitStore()
-        self.store: LimitStore = self.local
+        self.stores: Fallback[LimitStore] = Fallback(
+            shared=None, local=LocalLimitStore(), component="rate_limit", logger=logger
+        )
         self.fail_open = True
-        self.outage = Outage(component="rate_limit", logger=logger)
         self.renewer = LeaseRenewer()
 
 
@@ -353,20 +351,16 @@ class rate_limit:
     def _attempt(
         self, limiter: _Limiter, token: str, max_wait: int, waited: int
     ) -> tuple[LimitStore, Decision]:
-        if limiter.store is limiter.local:
-            return limiter.local, limiter.local.acquire(self.budget, self.rule, token, max_wait=max_wait)
         try:
-            decision = limiter.store.acquire(self.budget, self.rule, token, max_wait=max_wait)
+            return limiter.stores.run(
+                lambda store: store.acquire(self.budget, self.rule, token, max_wait=max_wait),
+                local_on_error=limiter.fail_open,
+            )
         except redis_lib.RedisError as error:
-            limiter.outage.failed(error)
-            if not limiter.fail_open:
-                # Fail closed: nothing starts until Redis answers again (as the middleware defers).
-                retry_after = self.rule.duration or CONCURRENCY_POLL * 10
-                why = "Redis is unreachable and the limiter fails closed"
-                raise RateLimitTimeout(self.key, _describe(self.rule), waited, retry_after, why) from error
-            return limiter.local, limiter.local.acquire(self.budget, self.rule, token, max_wait=max_wait)
-        limiter.outage.succeeded()
-        return limiter.store, decision
+            # Fail closed: nothing starts until Redis answers again (as the middleware defers).
+            retry_after = self.rule.duration or CONCURRENCY_POLL * 10
+            why = "Redis is unreachable and the limiter fails closed"
+            raise RateLimitTimeout(self.key, _describe(self.rule), waited, retry_after, why) from error
 
     def _admitted(
         self, limiter: _Limiter, store: LimitStore, token: str, decision: Decision, waited: int
@@ -377,7 +371,7 @@ class rate_limit:
             limiter.renewer.add(hold)
         if waited:
             record("ratelimit.wait", wait_ms=waited)
-        permit = Permit(self.budget, decision.now, waited, shared=store is not limiter.local)
+        permit = Permit(self.budget, decision.now, waited, shared=store is not limiter.stores.local)
         return _Entry(self, permit, hold, limiter)
 
 
@@ -442,4 +436,4 @@ def _release(entry: _Entry) -> None:
         hold.store.release(hold.key, hold.token, refund=False)
     except redis_lib.RedisError as error:
         # The lease expires by itself.
-        limiter.outage.failed(error)
+        limiter.stores.failed(error)

@@ -6,14 +6,15 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
 
 import dramatiq
 import redis as redis_lib
 from dramatiq.common import q_name
 
 from ..core.delivery import Call, Delivery, Gate, current_delivery
+from ..core.fallback import Fallback
 from ..core.tokens import new_token
 from ..defer import defer, deferral_count
 from ..events import record
@@ -131,15 +132,15 @@ class RateLimiter(Gate):
         self.fail_open = bool(fail_open)
         self.limits = {queue: _queue_rule(queue, value) for queue, value in dict(limits or {}).items()}
         client = resolve_redis(redis)
-        self.local: LocalLimitStore = LocalLimitStore()
-        self.store: LimitStore = self.local
         if client is None:
             logger.warning(
                 "RateLimiter has no Redis: limits are counted per process, not globally across workers."
             )
-        else:
-            self.store = RedisLimitStore(client, namespace=namespace)
-        self.outage = Outage(component="rate_limit", logger=logger)
+        shared = RedisLimitStore(client, namespace=namespace) if client is not None else None
+        #: Redis, or this process's store while Redis is down (or when there is none).
+        self.stores: Fallback[LimitStore] = Fallback(
+            shared=shared, local=LocalLimitStore(), component="rate_limit", logger=logger
+        )
         self._actor_rules: dict[str, Rule] = {}
         #: Renews the concurrency leases of this limiter's messages and ``rate_limit()`` blocks.
         self.renewer = LeaseRenewer()
@@ -149,6 +150,28 @@ class RateLimiter(Gate):
     @property
     def actor_options(self) -> set[str]:
         return {OPTION}
+
+    @property
+    def store(self) -> LimitStore:
+        """Where limits are counted: Redis, or the local store when there is no Redis."""
+        return self.stores.shared if self.stores.shared is not None else self.stores.local
+
+    @store.setter
+    def store(self, store: LimitStore) -> None:
+        self.stores.shared = store
+
+    @property
+    def local(self) -> LimitStore:
+        """This process's store: the fallback while Redis is down."""
+        return self.stores.local
+
+    @local.setter
+    def local(self, store: LimitStore) -> None:
+        self.stores.local = store
+
+    @property
+    def outage(self) -> Outage:
+        return self.stores.outage
 
     def after_process_boot(self, broker: dramatiq.Broker) -> None:
         # In a worker process the limiter on the broker it runs is the one
@@ -188,8 +211,9 @@ class RateLimiter(Gate):
             return
         attempt = _Attempt(rule, _budget_key(rule, message), _token(message))
         delivery.join(self, attempt)
-        if isinstance(self.store, RedisLimitStore) and not self.outage.active:
-            attempt.call = self.store.acquire_call(attempt.key, rule, attempt.token, max_wait=self.max_wait)
+        store = self.stores.current()
+        if isinstance(store, RedisLimitStore):
+            attempt.call = store.acquire_call(attempt.key, rule, attempt.token, max_wait=self.max_wait)
             delivery.before(attempt.call)
 
     def settle(self, broker: dramatiq.Broker, message: Any, delivery: Delivery, attempt: _Attempt) -> None:
@@ -255,32 +279,29 @@ class RateLimiter(Gate):
         if call is None:
             return self._attempt(broker, message, attempt, self.max_wait)
         try:
-            decision = decision_of(call.result())
-        except redis_lib.RedisError as error:
-            return self._unreachable(broker, message, attempt, error, self.max_wait)
-        self.outage.succeeded()
-        return self.store, decision
+            return self.stores.answer(
+                lambda: decision_of(call.result()),
+                self._deciding(attempt, self.max_wait),
+                local_on_error=self.fail_open,
+            )
+        except redis_lib.RedisError:
+            self._fail_closed(broker, message, attempt)
 
     def _attempt(
         self, broker: dramatiq.Broker, message: Any, attempt: _Attempt, max_wait: int
     ) -> tuple[LimitStore, Decision]:
-        rule, key, token = attempt.rule, attempt.key, attempt.token
-        if self.store is self.local:
-            return self.local, self.local.acquire(key, rule, token, max_wait=max_wait)
         try:
-            decision = self.store.acquire(key, rule, token, max_wait=max_wait)
-        except redis_lib.RedisError as error:
-            return self._unreachable(broker, message, attempt, error, max_wait)
-        self.outage.succeeded()
-        return self.store, decision
+            return self.stores.run(self._deciding(attempt, max_wait), local_on_error=self.fail_open)
+        except redis_lib.RedisError:
+            self._fail_closed(broker, message, attempt)
 
-    def _unreachable(
-        self, broker: dramatiq.Broker, message: Any, attempt: _Attempt, error: Exception, max_wait: int
-    ) -> tuple[LimitStore, Decision]:
-        self.outage.failed(error)
-        if self.fail_open:
-            return self.local, self.local.acquire(attempt.key, attempt.rule, attempt.token, max_wait=max_wait)
-        # Fail closed: nothing starts until Redis answers again.
+    @staticmethod
+    def _deciding(attempt: _Attempt, max_wait: int) -> Callable[[LimitStore], Decision]:
+        return lambda store: store.acquire(attempt.key, attempt.rule, attempt.token, max_wait=max_wait)
+
+    @staticmethod
+    def _fail_closed(broker: dramatiq.Broker, message: Any, attempt: _Attempt) -> NoReturn:
+        # Nothing starts until Redis answers again.
         delay = attempt.rule.duration or CONCURRENCY_POLL * 10
         defer(broker, message, delay=delay, reason="rate_limit", jitter=min(delay, _MAX_JITTER * 10))
 
@@ -321,7 +342,7 @@ class RateLimiter(Gate):
     def _released(self, reply: Any) -> None:
         if isinstance(reply, redis_lib.RedisError):
             # The lease expires by itself; the start stays counted.
-            self.outage.failed(reply)
+            self.stores.failed(reply)
 
 
 def _token(message: Any) -> str:

@@ -13,8 +13,8 @@ from dramatiq.results.backends import RedisBackend, StubBackend
 
 from dramatiq_turbo import install
 from dramatiq_turbo.cache import MultiLevelCache, ResultCache, content_hash
-from dramatiq_turbo.events import add_listener, remove_listener
 from dramatiq_turbo.core.delivery import is_cache_hit
+from dramatiq_turbo.events import add_listener, remove_listener
 from tests import harness
 
 

@@ -13,8 +13,8 @@ import pytest
 from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 
 from dramatiq_turbo import events, install
-from dramatiq_turbo.defer import deferral_count
 from dramatiq_turbo.core.delivery import delivery_of
+from dramatiq_turbo.defer import deferral_count
 from dramatiq_turbo.ratelimit import RateLimiter, RedisLimitStore, admitted_at
 from dramatiq_turbo.redis import connect_redis, hash_key
 from tests.harness import unique, wait_for

@@ -293,3 +293,52 @@ def test_public_breaker_stays_breaker_name_after_its_package_is_imported():
         raise ConnectionError("down")
     with pytest.raises(CircuitOpenError), package.breaker("pkg"):
         pass
+
+
+@pytest.mark.integration
+def test_a_clean_closed_breaker_asks_redis_nothing_and_learns_a_trip_elsewhere_within_state_refresh(
+    redis_url,
+):
+    """Two views of one breaker, as two processes: the healthy one admits and succeeds without
+    a command, and still admits for at most ``state_refresh`` ms after the other one tripped it."""
+    from tests.cache.counting import CountingConnection, counting_client
+    from tests.harness import unique
+
+    namespace = unique("brk")
+    here_client = counting_client(redis_url)
+    there_client = counting_client(redis_url)
+    here = CircuitBreaker(
+        redis=here_client, fail_max=1, reset_timeout=10_000, namespace=namespace, state_refresh=300
+    )
+    there = CircuitBreaker(redis=there_client, fail_max=1, reset_timeout=10_000, namespace=namespace)
+    try:
+        succeed(here.get("db"))  # learns: closed, no failures
+        before = CountingConnection.snapshot()[0]
+        succeed(here.get("db"), 20)
+        assert CountingConnection.snapshot()[0] == before, "admitted and succeeded 20 times without a command"
+
+        learnt = time.monotonic()
+        fail(there.get("db"))  # trips it for everyone
+        admitted_after_trip = []
+        while True:
+            try:
+                admission = here.get("db").acquire()
+            except CircuitOpenError:
+                break
+            admitted_after_trip.append(time.monotonic() - learnt)
+            here.get("db").release(admission)
+            time.sleep(0.01)
+        refused_at = time.monotonic() - learnt
+        assert refused_at <= 0.3 + 0.1, f"the trip was known {refused_at:.3f} s after the last reply"
+        assert admitted_after_trip, "within state_refresh the old knowledge is trusted (the bound is real)"
+    finally:
+        keys = list(here_client.scan_iter(f"{namespace}:*"))
+        if keys:
+            here_client.delete(*keys)
+
+
+def test_state_refresh_is_capped_by_a_quarter_of_reset_timeout():
+    middleware = CircuitBreaker(reset_timeout=200, state_refresh=1_000)
+    assert middleware.get("x").staleness == 0.05
+    with pytest.raises(ValueError, match="state_refresh"):
+        CircuitBreaker(state_refresh=-1)

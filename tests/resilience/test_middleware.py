@@ -13,8 +13,8 @@ from dramatiq.results import Results
 from dramatiq.results.backends import StubBackend
 
 from dramatiq_turbo import Backoff, CircuitBreaker, breaker, install
-from dramatiq_turbo.defer import deferral_count
 from dramatiq_turbo.core.delivery import delivery_of
+from dramatiq_turbo.defer import deferral_count
 from dramatiq_turbo.options import OptionError
 from tests.harness import unique, wait_for
 
