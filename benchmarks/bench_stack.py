@@ -9,7 +9,11 @@ One worker process with 8 threads drains a queue of no-op messages on
   ``breaker`` (closed): each gate alone;
 * ``all three`` on a miss, on an L1 hit and on an L2 hit;
 * ``all three + SDK``: the same miss with Telemetry on the OpenTelemetry
-  SDK (batch span processor, exporters that drop everything).
+  SDK (batch span processor, exporters that drop everything);
+* ``bare + 1 round trip`` and ``+ 2``: bare Dramatiq with a middleware that
+  makes one (two) Redis round trips per message and nothing else (an
+  ``EVALSHA`` of ``return 1``, sent as the suite sends its trips): the floor
+  of a design that needs that many trips, on this machine, in this run.
 
 Each set-up runs in a fresh process, in interleaved rounds; the best round
 counts.  Two networks: loopback, and a delaying TCP proxy that adds 0.5 ms
@@ -44,6 +48,8 @@ from benchmarks._cache_common import table  # noqa: E402
 
 SETUPS = [
     "bare",
+    "bare + 1 round trip",
+    "bare + 2 round trips",
     "install()",
     "cache (miss)",
     "rate_limit",
@@ -104,6 +110,31 @@ def _configure_sdk() -> dict[str, Any]:
     return {"tracer_provider": tracer_provider, "meter_provider": MeterProvider(metric_readers=[reader])}
 
 
+def _round_trips_middleware() -> type:
+    from dramatiq.middleware import Middleware
+
+    from dramatiq_turbo import connect_redis
+    from dramatiq_turbo.core.delivery import Call, send_calls
+
+    class RoundTrips(Middleware):
+        """Makes ``count`` Redis round trips per message, and nothing else: the floor of a trip."""
+
+        def __init__(self, url: str, count: int) -> None:
+            self.client = connect_redis(url)
+            self.count = count
+            self.script = self.client.register_script("return 1")
+
+        def before_process_message(self, broker: Any, message: Any) -> None:
+            for _ in range(self.count):
+                send_calls([Call(self.client, self.script, [], [])])
+
+    return RoundTrips
+
+
+def _round_trips(url: str, count: int) -> Any:
+    return _round_trips_middleware()(url, count)
+
+
 def _build(setup: str, worker_url: str, gates_url: str, namespace: str) -> tuple[Any, Any, Any]:
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
@@ -113,7 +144,9 @@ def _build(setup: str, worker_url: str, gates_url: str, namespace: str) -> tuple
 
     broker = RedisBroker(url=worker_url, namespace=namespace)
     cache = None
-    if setup != "bare":
+    if setup.startswith("bare +"):
+        broker.add_middleware(_round_trips(gates_url, int(setup.split()[2])))
+    elif setup != "bare":
         client = connect_redis(gates_url)
         flags: dict[str, Any] = {}
         l1_size = 0 if "L2 hit" in setup else 100
@@ -182,15 +215,16 @@ def run_child(setup: str, urls: list[str], messages: int) -> dict[str, Any]:
     done.clear()
     counter.target = messages
     before = _read_trips()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     done.wait(300)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     after = _read_trips()
     worker.stop()
     _cleanup(direct_url, namespace)
     measured = messages - WARM_UP
     return {
         "msgs": measured / elapsed,
+        "cpu_us": cpu / measured * 1e6,
         "broker_trips": (after[0] - before[0]) / measured,
         "trips": (after[1] - before[1]) / measured,
     }
@@ -285,6 +319,7 @@ def _rows(best: dict[str, dict[str, Any]], trips: dict[str, dict[str, Any]]) -> 
             setup,
             f"{best[setup]['msgs']:,.0f}",
             f"{best[setup]['msgs'] / bare:.2f}",
+            f"{best[setup]['cpu_us']:,.0f}",
             f"{trips[setup]['trips']:.2f}",
             f"{trips[setup]['broker_trips']:.2f}",
         ]
@@ -303,6 +338,11 @@ def _verdicts(loopback: dict[str, Any], delayed: dict[str, Any]) -> list[list[st
     gates = ("cache (miss)", "rate_limit", "breaker")
     one_gate = min(ratio(r, s) for r in (loopback, delayed) for s in gates)
     all_three = min(ratio(r, "all three (miss)") for r in (loopback, delayed))
+
+    def floor(count: int) -> float:
+        name = f"bare + {count} round trip" + ("s" if count > 1 else "")
+        return min(ratio(r, name) for r in (loopback, delayed))
+
     return [
         row(
             "suite's round trips / msg, all three (miss)",
@@ -324,6 +364,8 @@ def _verdicts(loopback: dict[str, Any], delayed: dict[str, Any]) -> list[list[st
         ),
         row("all three (miss) vs bare, worse network", all_three, ">= 0.70", all_three >= 0.70),
         row("one gate vs bare, worst gate and network", one_gate, ">= 0.90", one_gate >= 0.90),
+        row("floor: bare + 1 round trip vs bare, worse network", floor(1), "-", True),
+        row("floor: bare + 2 round trips vs bare, worse network", floor(2), "-", True),
     ]
 
 
@@ -352,7 +394,14 @@ def main() -> None:
         for path in (trips_file, Path(str(trips_file) + ".ask")):
             path.unlink(missing_ok=True)
 
-    header = ["set-up", "msg/s", "vs bare", "suite's round trips / msg", "broker's round trips / msg"]
+    header = [
+        "set-up",
+        "msg/s",
+        "vs bare",
+        "worker CPU µs / msg",
+        "suite's round trips / msg",
+        "broker's round trips / msg",
+    ]
     print(
         f"\nRedisBroker, 1 worker x 8 threads, no-op actor, {args.messages} messages, best of {args.rounds}"
     )
