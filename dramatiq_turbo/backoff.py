@@ -327,6 +327,8 @@ class Backoff(Middleware):
         retries = message.options.setdefault("retries", 0)
         throws = option("throws", None)
         if throws and isinstance(exception, throws):
+            # Dramatiq's own line first: people alert on it.
+            logger.info("Aborting message %r.", message.message_id)
             self._give_up(broker, message, exception, f"{type(exception).__name__} is in throws", retries)
             return
         retryable, why_not = is_retryable(exception)
