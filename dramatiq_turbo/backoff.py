@@ -91,6 +91,14 @@ def _full_jitter(exponential: float, base: float, cap: float, previous: float, r
     return rng.uniform(0, exponential)
 
 
+def _bounded_jitter(
+    exponential: float, base: float, cap: float, previous: float, rng: random.Random
+) -> float:
+    # Full jitter above the base: spread out, yet never sooner than min_backoff,
+    # which is what min_backoff means to Dramatiq's Retries and its users.
+    return rng.uniform(base, max(base, exponential))
+
+
 def _equal_jitter(exponential: float, base: float, cap: float, previous: float, rng: random.Random) -> float:
     # Keeps at least half of the exponential delay.
     return exponential / 2 + rng.uniform(0, exponential / 2)
@@ -106,6 +114,7 @@ def _decorrelated_jitter(
 #: Jitter strategies by name; ``None`` means plain exponential backoff.
 JITTER: dict[str | None, JitterStrategy] = {
     None: _no_jitter,
+    "bounded": _bounded_jitter,
     "full": _full_jitter,
     "equal": _equal_jitter,
     "decorrelated": _decorrelated_jitter,
@@ -125,7 +134,7 @@ def compute_delay(
     *,
     min_backoff: int = DEFAULT_MIN_BACKOFF,
     max_backoff: int = DEFAULT_MAX_BACKOFF,
-    jitter: str | None = "full",
+    jitter: str | None = "bounded",
     previous: int | None = None,
     rng: random.Random | None = None,
 ) -> int:
@@ -136,8 +145,9 @@ def compute_delay(
       min_backoff(int): The base delay: the exponential delay is
         ``min(max_backoff, min_backoff * 2^retries)``.
       max_backoff(int): The cap; no delay exceeds it.
-      jitter(str): A key of ``JITTER``: ``"full"``, ``"equal"``,
-        ``"decorrelated"`` or ``None``.
+      jitter(str): A key of ``JITTER``: ``"bounded"`` (uniform between
+        ``min_backoff`` and the exponential delay), ``"full"`` (from 0),
+        ``"equal"``, ``"decorrelated"`` or ``None``.
       previous(int): The previous delay, for ``"decorrelated"``.
       rng(random.Random): The random source (seed it in tests).
     """
@@ -230,6 +240,8 @@ class Backoff(Middleware):
     that option is set.  A server hint (``dramatiq.Retry(delay=...)``, an
     exception's ``retry_after`` in ms, or ``Retry-After`` on an HTTP 429/503
     response) raises it: the delay is ``min(max_backoff, max(hint, computed))``.
+    A delay the actor asks for itself, ``dramatiq.Retry(delay=...)``, is the
+    delay, as with ``Retries`` (a polling loop of ``Retry(delay=1)`` polls).
 
     A message whose exception is not retryable (``retryable = False``, an HTTP
     4xx other than 408/429, or one of ``throws``) fails at once.  Every message
@@ -246,7 +258,11 @@ class Backoff(Middleware):
       max_retries(int): Retries before giving up; ``None`` for no limit.
       min_backoff(int): The base delay in ms (1,000).  0 is honoured.
       max_backoff(int): The cap in ms (60,000).
-      jitter(str): ``"full"`` (default), ``"equal"``, ``"decorrelated"`` or ``None``.
+      jitter(str): ``"bounded"`` (default: uniform between ``min_backoff``
+        and the exponential delay, so no retry comes sooner than
+        ``min_backoff``, as with Dramatiq's ``Retries``), ``"full"`` (from 0:
+        fewest calls under contention, but a retry may come before
+        ``min_backoff``), ``"equal"``, ``"decorrelated"`` or ``None``.
       backoff(Callable[[int, BaseException], int]): Computes the delay in ms
         from the retry count and the exception, replacing the exponential
         formula and jitter (hints and the cap still apply).
@@ -261,7 +277,7 @@ class Backoff(Middleware):
         max_retries: int | None = 20,
         min_backoff: int = DEFAULT_MIN_BACKOFF,
         max_backoff: int = DEFAULT_MAX_BACKOFF,
-        jitter: str | None = "full",
+        jitter: str | None = "bounded",
         backoff: Callable[[int, BaseException], int] | None = None,
         retry_when: Callable[[int, BaseException], bool] | None = None,
         seed: int | None = None,
@@ -378,6 +394,9 @@ class Backoff(Middleware):
         max_backoff = min(
             require_ms("max_backoff", option("max_backoff", self.max_backoff)), _BROKER_MAX_DELAY
         )
+        if isinstance(exception, Retry) and exception.delay is not None:
+            # Asked for by the actor: exactly this, not a floor under a backoff.
+            return min(require_ms("Retry(delay=...)", int(exception.delay)), _BROKER_MAX_DELAY)
         custom = option("backoff", self.backoff)
         if custom is not None:
             computed = require_ms("backoff()", custom(retries, exception))

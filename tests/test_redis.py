@@ -160,7 +160,7 @@ def test_packed_helpers_fall_back_to_the_parser_without_a_socket():
     client = fakeredis.FakeRedis(server=fakeredis.FakeServer())
     execute_transaction(client, [("SET", "a", "1"), ("SET", "b", "2", "PX", 10_000)], 2)
     replies = execute_pipeline(client, [("GET", "a"), ("PTTL", "b"), ("LPUSH", "a", "x")], 3)
-    assert replies[:2] == [b"1", 10_000]
+    assert replies[0] == b"1" and 9_000 < replies[1] <= 10_000  # PTTL: a millisecond may pass
     assert isinstance(replies[2], redis.ResponseError)
     with pytest.raises(redis.ResponseError, match="wrong number of arguments"):
         execute_transaction(client, [("SET", "c", "1"), ("SET", "d")], 2)
