@@ -14,6 +14,7 @@ pipeline there:
 from __future__ import annotations
 
 import argparse
+import collections
 import time
 from typing import Any
 
@@ -50,6 +51,10 @@ def build(broker_url: str | None) -> tuple[dramatiq.Broker, Any]:
     return broker, backend
 
 
+#: How often each actor's body was computed in this process (the cached one: once).
+BODY_COUNTS: collections.Counter[str] = collections.Counter()
+
+
 def declare_actors(broker: dramatiq.Broker) -> tuple[dramatiq.Actor[Any, Any], ...]:
     @dramatiq.actor(broker=broker, store_results=True)
     def split(text: str) -> list[str]:
@@ -58,6 +63,7 @@ def declare_actors(broker: dramatiq.Broker) -> tuple[dramatiq.Actor[Any, Any], .
     # Cached: the same paragraphs are never counted twice (L1 here; L1 + Redis with --broker).
     @dramatiq.actor(broker=broker, store_results=True, cache=True, cache_ttl=60_000)
     def count_words(paragraphs: list[str]) -> list[int]:
+        BODY_COUNTS["count_words"] += 1
         time.sleep(0.2)  # stands in for slow work: a parser, a model, an API call
         return [len(paragraph.split()) for paragraph in paragraphs]
 
@@ -91,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
             pipe.run()
             summary: dict[str, int] = pipe.get_result(block=True, timeout=10_000)
             print(f"{run}: {summary}  ({(time.perf_counter() - started) * 1000:.1f} ms)")
+        print(f"count_words' body computed {BODY_COUNTS['count_words']} time(s) for 2 pipelines")
     finally:
         worker.stop()
         broker.close()

@@ -17,5 +17,7 @@ def test_quickstart_pipeline_runs_twice_and_serves_the_slow_step_from_the_cache(
     assert len(lines) == 2
     assert all("{'paragraphs': 3, 'words': 40, 'longest': 18}" in line for line in lines)
     first_ms, second_ms = (float(line.rsplit("(", 1)[1].split(" ms")[0]) for line in lines)
+    computed_once = "count_words' body computed 1 time(s) for 2 pipelines"
+    assert computed_once in run.stdout, "the second run was served from the cache"
     assert second_ms < first_ms, "the cached step makes the second run faster"
     assert "Telemetry, QueueStatsRecorder, AgeLimit" in run.stdout and "Backoff" in run.stdout
