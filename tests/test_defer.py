@@ -73,6 +73,7 @@ def test_deferred_message_runs_once_with_its_real_result_and_callbacks(broker, s
 
     assert results == [0, 2, 4, 6, 8], "the blocked caller gets the real value, not the skipped None"
     assert runs == Counter({x: 1 for x in range(5)}), "each message ran exactly once"
+    assert len(seen) == 5, "every run saw its message (the checks below are not about an empty list)"
     assert all(retries == 0 for retries, _, _ in seen), "a deferral consumes no retry"
     assert all(count == 2 and reason == "test" for _, count, reason in seen)
     assert sorted(successes) == [0, 2, 4, 6, 8] and failures == [], "callbacks fire once, on success"
@@ -125,3 +126,31 @@ def test_defer_fails_loudly_when_the_broker_refuses():
     with pytest.raises(DeferralFailed, match="could not defer"):
         defer(StubBroker(), message, delay=10, reason="x")
     assert "store_results" not in message.options, "not skipped, so its result may still be stored"
+
+
+def test_defer_without_a_delay_enqueues_straight_to_the_queue(make_broker, start_worker):
+    """No delay means no trip through the delay queue: one plain enqueue, and the message runs once."""
+    broker = make_broker("stub")
+    enqueues: list[tuple[str, int | None]] = []
+
+    class DeferOnceAtOnce(Middleware):
+        def before_enqueue(self, broker, message, delay):
+            enqueues.append((message.queue_name, delay))
+
+        def before_process_message(self, broker, message):
+            if deferral_count(message) < 1:
+                defer(broker, message, delay=0, reason="test")
+
+    broker.add_middleware(DeferOnceAtOnce())
+    queue = unique("defer0")
+    runs: list[int] = []
+
+    @dramatiq.actor(queue_name=queue, broker=broker)
+    def job(x: int) -> None:
+        runs.append(x)
+
+    job.send(7)
+    start_worker(broker)
+    broker.join(queue, timeout=10_000)
+    assert runs == [7], "ran once, after one deferral"
+    assert enqueues == [(queue, None), (queue, None)], "the send, then the deferral: neither delayed"
