@@ -213,3 +213,9 @@ def test_a_message_failed_before_the_actor_runs_does_not_use_a_trial(make_broker
     broker.join(queue, timeout=5_000, fail_fast=False)
     assert ran == ["bad"]
     assert middleware.get("svc").state != "closed", "a message that never ran must not close the breaker"
+    assert middleware.get("svc").current_state == "half-open", "still waiting for its trial: it took none"
+    # The trial is still there to take: the next good message runs as it, and closes the breaker.
+    work.send("good")
+    broker.join(queue, timeout=5_000, fail_fast=False)
+    assert ran == ["bad", "good"], "the next good message ran, as the trial"
+    assert middleware.get("svc").state == "closed"

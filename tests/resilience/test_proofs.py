@@ -201,7 +201,12 @@ def test_breaker_store_outage_falls_back_to_local_breakers_in_each_process(scena
     # Now the dependency fails: each process trips its own local breaker.
     client.set(f"{namespace}:mode", "fail")
     second = [send("guarded", x) for x in range(10, 30)]
-    wait_for(lambda: _log(client, f"{namespace}:transitions"), timeout=20, what="a local breaker to trip")
+
+    def opened_by():
+        return {pid for _, _, new, pid in _log(client, f"{namespace}:transitions") if new == "open"}
+
+    # Each process trips its own breaker: wait until both have, before the dependency recovers.
+    wait_for(lambda: len(opened_by()) == 2, timeout=20, what="the local breaker of each process to trip")
     client.set(f"{namespace}:mode", "ok")
     results = [m.get_result(backend=backend, block=True, timeout=20_000) for m in second]
     assert results == [2 * x for x in range(10, 30)]
@@ -209,7 +214,7 @@ def test_breaker_store_outage_falls_back_to_local_breakers_in_each_process(scena
     done = [x for x, *_ in _log(client, f"{namespace}:done")]
     assert sorted(done) == list(range(30)), "every message completed exactly once"
     trips = Counter(pid for _, old, new, pid in _log(client, f"{namespace}:transitions") if new == "open")
-    assert trips and all(count >= 1 for count in trips.values())
+    assert len(trips) == 2 and set(trips.values()) == {1}, f"one trip in each of the 2 processes: {trips}"
     calls = _log(client, f"{namespace}:calls")
     failed = [c for c in calls if c[2] == "fail"]
     # Each local breaker trips after 3 failures, plus calls in flight.
