@@ -144,6 +144,9 @@ def test_a_value_the_serializer_refuses_ends_the_turn_for_everyone():
 
 
 def test_a_forked_process_gets_its_own_invalidation_origin():
+    """A real ``os.fork()``: the child's messages on the channel must not look like its parent's."""
+    import os
+
     import fakeredis
 
     from dramatiq_turbo.cache import MultiLevelCache
@@ -151,8 +154,19 @@ def test_a_forked_process_gets_its_own_invalidation_origin():
     cache = MultiLevelCache(redis=fakeredis.FakeRedis())
     try:
         before = cache._store.origin
-        cache._after_fork()
-        assert cache._store.origin != before
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its origin and leave at once
+            try:
+                os.write(write, cache._store.origin.encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        child_origin = os.read(read, 200).decode()
+        os.close(read)
+        os.waitpid(pid, 0)
+        assert child_origin and child_origin != before, "the fork hook gave the child its own origin"
+        assert cache._store.origin == before, "the parent keeps its own"
     finally:
         cache.close()
 
