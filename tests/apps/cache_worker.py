@@ -35,12 +35,20 @@ class CountCommands(Middleware):
 
     def before_process_message(self, broker, message):
         message._count_start = CountingConnection.snapshot()
+        message._began = time.time()
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         commands = CountingConnection.snapshot()[0] - message._count_start[0]
         book.rpush(
             f"{NAMESPACE}:counts",
-            json.dumps({"pid": os.getpid(), "commands": commands, "hit": is_cache_hit(message)}),
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "commands": commands,
+                    "hit": is_cache_hit(message),
+                    "began": message._began,
+                }
+            ),
         )
 
 
@@ -57,5 +65,7 @@ dramatiq.set_broker(broker)
 @dramatiq.actor(cache=True, store_results=True, max_retries=0)
 def expensive(document: str) -> dict[str, object]:
     book.incr(f"{NAMESPACE}:computations")
+    started = time.time()
     time.sleep(WORK)
+    book.set(f"{NAMESPACE}:computed", json.dumps([os.getpid(), started, time.time()]))
     return {"notes": f"notes of {document}", "computed_by": os.getpid()}

@@ -49,6 +49,13 @@ def test_identical_messages_on_8_processes_x_4_threads_run_the_body_once(
     )
     assert max(waiting) <= 10
     assert len({c["pid"] for c in counts}) > 1  # the messages really were spread over processes
+    # Single flight across processes, not later L2 hits: another process began a message that
+    # became a hit while the one computation was still running.
+    computing_pid, _, computed_at = json.loads(redis_client.get(f"{ns}:computed"))
+    waited_elsewhere = [
+        c for c in counts if c["hit"] and c["pid"] != computing_pid and c["began"] < computed_at
+    ]
+    assert waited_elsewhere, "a hit in another process began during the computation"
     # Cleanup of the cache's and results' keys of this run.
     keys = list(redis_client.scan_iter(f"{ns}-*"))
     if keys:
