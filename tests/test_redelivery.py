@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from dramatiq_turbo.redis import hash_key
 from tests.harness import REDIS_URL, send_by_name, unique, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.multiprocess, pytest.mark.slow]
 
 
-def test_sigkilled_worker_message_is_redelivered_and_completed(redis_client: redis.Redis, worker_processes):
+@pytest.mark.parametrize("suite", [False, True], ids=["dramatiq", "install"])
+def test_sigkilled_worker_message_is_redelivered_and_completed(
+    suite: bool, redis_client: redis.Redis, worker_processes
+):
+    """Dramatiq alone (a check of the harness), and with ``install()``: the killed job's cache lease
+    and concurrency slot are released by expiry, and nothing runs twice after the redelivery."""
     namespace = unique("crash")
-    env = {"TURBO_TEST_REDIS_URL": REDIS_URL, "TURBO_TEST_NAMESPACE": namespace}
+    env = {
+        "TURBO_TEST_REDIS_URL": REDIS_URL,
+        "TURBO_TEST_NAMESPACE": namespace,
+        "TURBO_TEST_INSTALL": "1" if suite else "0",
+    }
     producer = RedisBroker(url=REDIS_URL, namespace=namespace)
     first = worker_processes("tests.apps.crash", processes=1, threads=1, env=env)
     [doomed] = first.start(1)
@@ -24,6 +36,10 @@ def test_sigkilled_worker_message_is_redelivered_and_completed(redis_client: red
         [killed_pid] = [int(pid) for pid in redis_client.lrange(f"{namespace}:runs:job-1", 0, -1)]
 
         first.kill(doomed)  # SIGKILL to the whole tree, mid-job: no ack, no cleanup
+        if suite:
+            # The dead worker still holds job-1's concurrency slot: only its lease's expiry frees it.
+            slot = hash_key("turbo:rl", "queue:default", "leases")
+            assert redis_client.zcard(slot) == 1, "the killed job's slot is held"
 
         second = worker_processes("tests.apps.crash", processes=1, threads=1, env=env)
         second.start(1)
@@ -32,6 +48,7 @@ def test_sigkilled_worker_message_is_redelivered_and_completed(redis_client: red
             timeout=40,
             what="both jobs to be completed by the second worker",
         )
+        time.sleep(1.5)  # a late duplicate run would show by now
         second.stop()
 
         done = sorted(item.decode() for item in redis_client.lrange(f"{namespace}:done", 0, -1))
@@ -47,7 +64,10 @@ def test_sigkilled_worker_message_is_redelivered_and_completed(redis_client: red
             key for key in redis_client.scan_iter(f"{namespace}:__acks__.*") if redis_client.scard(key)
         ]
         assert unacked == []
+        if suite:
+            assert redis_client.zcard(slot) == 0, "the slot came back, and the second worker's went back"
     finally:
         producer.close()
-        for key in redis_client.scan_iter(f"{namespace}:*"):
-            redis_client.delete(key)
+        for pattern in (f"{namespace}:*", "turbo:rl:{queue:default}*", "turbo:breaker:*"):
+            for key in redis_client.scan_iter(pattern):
+                redis_client.delete(key)
