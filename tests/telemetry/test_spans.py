@@ -235,6 +235,16 @@ def test_a_deferred_message_stays_in_its_trace(traced: Traced) -> None:
     assert dict(first.events[0].attributes or {})["reason"] == "rate_limit"
     assert dict(second.attributes or {})[RETRIES] == 0
     assert second.status.status_code == StatusCode.UNSET
+    # The parent chain: the first send, its process span, the deferral's send inside it, the run.
+    assert len(sends) == 2
+    by_id = {s.context.span_id: s for s in processes + sends}
+    chain = [second]
+    while chain[-1].parent is not None and chain[-1].parent.span_id in by_id:
+        chain.append(by_id[chain[-1].parent.span_id])
+    assert [s.name.split()[0] for s in chain] == ["process", "send", "process", "send"], [
+        s.name for s in chain
+    ]
+    assert chain[2] is first and chain[3].parent is None
 
 
 def test_async_actors_run_inside_their_process_span(traced: Traced) -> None:
