@@ -11,6 +11,7 @@ completion and every breaker transition is logged to Redis with Redis time.
 import json
 import os
 import random
+import time
 
 import dramatiq
 import redis
@@ -55,7 +56,7 @@ install(
         fail_max=3,
         reset_timeout=1_500,
         slow_call=5_000,
-        half_open_calls=1,
+        half_open_calls=int(os.environ.get("TURBO_TEST_HALF_OPEN_CALLS", "1")),
         jitter=300,
         namespace=f"{NAMESPACE}:breaker",
     ),
@@ -92,6 +93,8 @@ def dependency(x: int) -> int:
     store.rpush(f"{NAMESPACE}:calls", json.dumps([_now_ms(), x, mode, admitted_in, os.getpid()]))
     if mode == "fail":
         raise ConnectionError("dependency is down")
+    # A slow dependency keeps trial calls in flight together (TURBO_TEST_CALL_MS, 0 by default).
+    time.sleep(int(os.environ.get("TURBO_TEST_CALL_MS", "0")) / 1000)
     if mode == "flap":
         if x % 10 == 0:
             raise NotRetryable(f"input {x} is invalid")

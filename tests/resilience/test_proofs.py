@@ -222,3 +222,27 @@ def test_breaker_store_outage_falls_back_to_local_breakers_in_each_process(scena
     output = workers.output()
     assert output.count("breaker: Redis is unreachable") <= 2, "one warning per process and outage"
     assert output.count("breaker: Redis is unreachable") >= 1
+
+
+def test_half_open_admits_exactly_half_open_calls_trials_across_all_processes(scenario):
+    """``half_open_calls=3`` on 4 worker processes: three trial calls in all, then closed.
+
+    Calls take 300 ms, so the processes ask for trials while others are in flight.
+    """
+    client, start = scenario
+    namespace, _queue, send, _broker, workers, backend = start(
+        "redis", TURBO_TEST_HALF_OPEN_CALLS="3", TURBO_TEST_CALL_MS="300"
+    )
+    client.set(f"{namespace}:mode", "fail")
+    workers.start(1)
+    messages = [send("guarded", x) for x in range(24)]
+    wait_for(lambda: _log(client, f"{namespace}:transitions"), timeout=20, what="the breaker to trip")
+    client.set(f"{namespace}:mode", "ok")
+    results = [m.get_result(backend=backend, block=True, timeout=40_000) for m in messages]
+    assert results == [2 * x for x in range(24)]
+
+    transitions = [(old, new) for _, old, new, _ in _log(client, f"{namespace}:transitions")]
+    assert transitions == [("closed", "open"), ("open", "half-open"), ("half-open", "closed")], transitions
+    trial = [c for c in _log(client, f"{namespace}:calls") if c[3] and c[3][0] == "half-open"]
+    assert len(trial) == 3, f"exactly half_open_calls trial calls across all processes: {trial}"
+    assert all(c[2] == "ok" for c in trial)
