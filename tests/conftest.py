@@ -145,6 +145,8 @@ def worker_processes() -> Iterator[Callable[..., harness.WorkerProcesses]]:
 
     ``worker_processes(module, processes=1, threads=2, env={...})`` returns a
     ``WorkerProcesses``; call ``start(n)`` on it to launch ``n`` commands.
+    After the test their logs are scanned: a traceback that contains none of
+    the group's ``expected_tracebacks`` fails the test.
     """
     groups: list[harness.WorkerProcesses] = []
 
@@ -156,8 +158,13 @@ def worker_processes() -> Iterator[Callable[..., harness.WorkerProcesses]]:
         return group
 
     yield factory
+    unexpected: list[str] = []
     for group in groups:
+        group.stop()
+        unexpected += group.unexpected_tracebacks()
         group.cleanup()
+    # A worker that crashed in a hook, a thread or a listener says so only in its log.
+    assert not unexpected, f"unexpected traceback in a worker's log:\n{unexpected[0][-3000:]}"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -190,6 +190,8 @@ class WorkerProcesses:
     env: dict[str, str]
     popen: list[subprocess.Popen[bytes]] = field(default_factory=list)
     logs: list[Path] = field(default_factory=list)
+    #: Text that marks a traceback the test expects (a failure it provokes); any other fails it.
+    expected_tracebacks: tuple[str, ...] = ()
 
     def start(self, count: int = 1, *, ready_timeout: float = 30) -> list[subprocess.Popen[bytes]]:
         """Start ``count`` more ``dramatiq`` commands and wait until all their workers are ready."""
@@ -237,6 +239,14 @@ class WorkerProcesses:
         """What one command (or all of them) printed so far."""
         logs = self.logs if index is None else [self.logs[index]]
         return "\n".join(log.read_text(errors="replace") for log in logs)
+
+    def unexpected_tracebacks(self) -> list[str]:
+        """The tracebacks the processes printed that contain none of ``expected_tracebacks``."""
+        blocks = [
+            block.split("\n[", 1)[0]
+            for block in self.output().split("Traceback (most recent call last):")[1:]
+        ]
+        return [block for block in blocks if not any(text in block for text in self.expected_tracebacks)]
 
     def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the whole process tree of one command, as a host crash would."""

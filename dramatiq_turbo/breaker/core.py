@@ -317,6 +317,7 @@ class Breaker:
             # Replies of this process's threads may be handled out of order:
             # an older one must not undo a newer (unless Redis's clock jumped back).
             if version < self._learnt and reply.now > self._learnt[0] - 60_000:
+                self._tell(reply)  # a change this call made is told all the same
                 return
             self._learnt = version
         self.state = reply.state
@@ -329,6 +330,9 @@ class Breaker:
             self._closed_until = time.monotonic() + self.staleness
         else:
             self._closed_until = 0.0
+        self._tell(reply)
+
+    def _tell(self, reply: Reply) -> None:
         if reply.previous and reply.previous != reply.state:
             self._changed(reply.previous, reply.state)
 

@@ -73,6 +73,7 @@ def test_identical_pdfs_compute_once_across_processes_under_one_request_limit(
             "TURBO_NOTES_OCR": "0",
         }
         workers = worker_processes("examples.pdf_notes.worker", processes=2, threads=4, env=env)
+        workers.expected_tracebacks = ("NotAPdf: not a PDF",)
         workers.start()
         app = create_app(broker_url=redis_url, namespace=namespace, queue=namespace, db=database)
         try:

@@ -68,6 +68,12 @@ def scenario(redis_url, make_broker, worker_processes, request):
                 **env,
             },
         )
+        # The failures the scenarios provoke; any other traceback fails the test.
+        workers.expected_tracebacks = (
+            "ConnectionError: dependency is down",
+            "ConnectionError: dependency flapped",
+            "NotRetryable: input",
+        )
         backend = RedisBackend(url=redis_url, namespace=f"{namespace}-results")
 
         def send(actor_name, x):

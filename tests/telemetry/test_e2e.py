@@ -58,6 +58,7 @@ def test_every_span_and_metric_arrives_from_forked_workers(
             "OTEL_METRIC_EXPORT_INTERVAL": "600000",
         },
     )
+    workers.expected_tracebacks = ("failed on purpose",)
     try:
         workers.start(1)
         producer.declare_queue(queue)
