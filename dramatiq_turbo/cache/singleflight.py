@@ -160,11 +160,15 @@ class Leases:
           redis.RedisError: when a call failed.
         """
         _, lease_key, waiters_key, wake_key = self.store.flight_keys(key)
-        waited = False
+        waited = missed_wake = False
         while True:
             reply = call.result()
             kind = int(reply[0])
             if kind == 1:
+                if missed_wake:
+                    # The holder finished just as our pop timed out: the wake-up it
+                    # pushed for us is in the list; take it, so none is left over.
+                    self.store.client.lpop(wake_key)
                 return RemoteTurn("hit", data=reply[1], ttl=int(reply[2]), waited=waited)
             if kind == 2:
                 self._hold(lease_key, token)
@@ -178,7 +182,7 @@ class Leases:
             lease_left = max(int(reply[1]), 0) / 1000
             # Never past the lease's end: if its holder died, this is when to take over.
             block = min(lease_left + 0.02, remaining, _MAX_BLOCK)
-            self._waiting().blpop([wake_key], timeout=max(block, 0.01))
+            missed_wake = self._waiting().blpop([wake_key], timeout=max(block, 0.01)) is None
             waited = True
             # Whatever woke us, a fresh value may be there now.
             call = self.begin_call(key, token)
