@@ -195,8 +195,8 @@ def test_the_limit_holds_per_request_not_per_job(tmp_path, files, model):
     assert outcome.result is not None, outcome.error
     times = model.call_times()
     assert len(times) == outcome.result["chunks"] >= 8
-    # The server sees a request a little after the limiter admits it; 50 ms covers that skew.
-    window = (settings.llm_duration - 50) / 1000
+    # The server sees a request a little after the limiter admits it; 100 ms covers that skew under load.
+    window = (settings.llm_duration - 100) / 1000
     busiest = max(sum(1 for t in times if start <= t < start + window) for start in times)
     assert busiest <= settings.llm_max, f"{busiest} requests within {window:.2f} s"
     assert times[-1] - times[0] >= (len(times) - settings.llm_max) / settings.llm_max * 0.9

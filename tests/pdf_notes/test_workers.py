@@ -116,7 +116,7 @@ def _assert_both_processes_took_part(output: str) -> None:
 def _assert_request_limit(times: list[float]) -> None:
     assert len(times) > 2 * LLM_MAX, "enough requests to test the limit"
     # Admission is by Redis time; a request reaches the server a few ms later.
-    window = 0.95
+    window = 0.9  # 100 ms of skew between admission and arrival: worker threads wait for a core here
     busiest = max(sum(1 for t in times if start <= t < start + window) for start in times)
     assert LLM_MAX - 2 <= busiest <= LLM_MAX, f"{busiest} requests within {window} s (limit {LLM_MAX}/s)"
 
