@@ -200,14 +200,18 @@ class _Outbox:
             self._in_flight.subtract(owners)
             self._landed.notify_all()
 
-    def flush(self) -> None:
-        """Send whatever is pending now, and wait for every batch on its way."""
-        calls, owners = self.take()
+    def send_with(self, calls: list[Call]) -> None:
+        """Send the pending calls and then ``calls``, in one pipeline (so in that order)."""
+        owed, owners = self.take()
         try:
-            if calls:
-                send_calls(calls)
+            if owed or calls:
+                send_calls(owed + calls)
         finally:
             self.landed(owners)
+
+    def flush(self) -> None:
+        """Send whatever is pending now, and wait for every batch on its way."""
+        self.send_with([])
         with self._lock:
             while any(count > 0 for count in self._in_flight.values()):
                 self._landed.wait(1.0)
@@ -226,12 +230,7 @@ class _Outbox:
             # calls along for free, and its thread need not wait for a batch.
             time.sleep(_LINGER)
             self._wake.clear()
-            calls, owners = self.take()
-            try:
-                if calls:
-                    send_calls(calls)
-            finally:
-                self.landed(owners)
+            self.send_with([])
 
 
 _outbox = _Outbox()
@@ -290,11 +289,7 @@ class Delivery:
         """
         calls, self._before = self._before, []
         if calls:
-            owed, owners = _outbox.take()
-            try:
-                send_calls(owed + calls)
-            finally:
-                _outbox.landed(owners)
+            _outbox.send_with(calls)
         for gate in self.gates:
             part = self.parts.get(gate)
             if part is not None:
@@ -400,25 +395,25 @@ class Gate(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        delivery = _current.get()
-        if delivery is None or delivery.message is not message:
-            return
-        try:
-            part = delivery.parts.get(self)
-            if part is not None:
-                self.finish(broker, message, delivery, part, result=result, exception=exception)
-        finally:
-            if delivery.first is self:
-                delivery.arrive()
+        self._leave(
+            message,
+            lambda delivery, part: self.finish(
+                broker, message, delivery, part, result=result, exception=exception
+            ),
+        )
 
     def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
-        delivery = _current.get()
-        if delivery is None or delivery.message is not message:
+        self._leave(message, lambda delivery, part: self.abort(broker, message, delivery, part))
+
+    def _leave(self, message: Any, end: Callable[[Delivery, Any], None]) -> None:
+        """End this gate's part of ``message``'s delivery; the first gate then sends the trip after."""
+        delivery = current_delivery(message)
+        if delivery is None:
             return
         try:
             part = delivery.parts.get(self)
             if part is not None:
-                self.abort(broker, message, delivery, part)
+                end(delivery, part)
         finally:
             if delivery.first is self:
                 delivery.arrive()
