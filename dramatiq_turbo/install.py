@@ -126,19 +126,22 @@ def install(
         middleware = _build(slot, flags[slot.flag], shared)
         if middleware is None:
             continue
-        if slot is _TELEMETRY:
-            _insert(broker, middleware, 0)
-        elif slot is _MONITOR:
-            telemetry_slot = _installed(broker, _TELEMETRY)
-            _insert(
-                broker, middleware, 0 if telemetry_slot is None else _position(broker, telemetry_slot) + 1
-            )
-        elif slot is _BACKOFF:
-            _replace_retries(broker, middleware)
-        else:
-            _add_gate(broker, slot, middleware)
+        _place(broker, slot, middleware)
         slots[slot.flag] = middleware
     return broker
+
+
+def _place(broker: dramatiq.Broker, slot: _Slot, middleware: Middleware) -> None:
+    """Put ``middleware`` where its slot stands in the stack (see the module's docstring)."""
+    if slot is _TELEMETRY:
+        _insert(broker, middleware, 0)
+    elif slot is _MONITOR:
+        telemetry_slot = _installed(broker, _TELEMETRY)
+        _insert(broker, middleware, 0 if telemetry_slot is None else _position(broker, telemetry_slot) + 1)
+    elif slot is _BACKOFF:
+        _replace_retries(broker, middleware)
+    else:
+        _add_gate(broker, slot, middleware)
 
 
 # Which instance fills which slot, per broker: a configured instance need not
