@@ -45,6 +45,8 @@ _EXPORTS: dict[str, str] = {
     "QueueMonitor": "dramatiq_turbo.monitor",
     "QueueStats": "dramatiq_turbo.monitor",
     "QueueStatsRecorder": "dramatiq_turbo.monitor",
+    "StallGuard": "dramatiq_turbo.stall",
+    "StalledError": "dramatiq_turbo.stall",
     # tools for actors and workers
     "presets": "dramatiq_turbo.presets",  # a public module
     "http_session": "dramatiq_turbo.http",
@@ -88,6 +90,8 @@ if TYPE_CHECKING:
     from .redis import batch_get as batch_get
     from .redis import batch_set as batch_set
     from .redis import connect_redis as connect_redis
+    from .stall import StalledError as StalledError
+    from .stall import StallGuard as StallGuard
     from .telemetry import MetricsCollector as MetricsCollector
     from .telemetry import Telemetry as Telemetry
     from .telemetry import Timer as Timer

@@ -21,11 +21,9 @@ this middleware, so they never consume a retry.
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import logging
 import random
-import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -33,13 +31,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dramatiq
-from dramatiq.common import xq_name
 from dramatiq.errors import ActorNotFound, Retry
 from dramatiq.middleware import Middleware
-from dramatiq.results import Results
 
+from .core.deadletter import FAILURE_OPTION, dead_letter, store_failure_after_ack
 from .events import record
-from .options import OptionError, get_option, require_ms
+from .options import OptionError, require_ms
 
 __all__ = [
     "DEFAULT_MAX_BACKOFF",
@@ -61,12 +58,6 @@ DEFAULT_MAX_BACKOFF = 60_000
 
 #: Brokers refuse delays of 7 days or more.
 _BROKER_MAX_DELAY = 7 * 24 * 3600 * 1000 - 1
-
-#: The message option that keeps why a message was given up, for whoever reads the dead-letter queue.
-FAILURE_OPTION = "turbo_failure"
-
-#: The attribute marking a delivery already dead-lettered with its reason, holding its exception.
-_DEAD_LETTERED = "_turbo_dead_lettered"
 
 #: The option keeping the last delay, which ``decorrelated`` jitter grows from.
 _LAST_DELAY_OPTION = "turbo_backoff_delay"
@@ -382,11 +373,7 @@ class Backoff(Middleware):
             )
 
     def after_ack(self, broker: dramatiq.Broker, message: Any) -> None:
-        exception = getattr(message, _DEAD_LETTERED, None)
-        if exception is not None:
-            # Drop the reference at once: an exception keeps its frames alive (Dramatiq discussion #351).
-            delattr(message, _DEAD_LETTERED)
-            _store_failure_result(broker, message, exception)
+        store_failure_after_ack(broker, message)
 
     def _delay(
         self, message: Any, exception: BaseException, retries: int, option: Callable[[str, Any], Any]
@@ -422,7 +409,7 @@ class Backoff(Middleware):
         retries: int,
         max_retries: int | None = None,
     ) -> None:
-        message.options[FAILURE_OPTION] = {
+        failure = {
             "reason": reason,
             "error": type(exception).__name__,
             "detail": str(exception)[:500],
@@ -433,11 +420,7 @@ class Backoff(Middleware):
         else:
             logger.info("Giving up message %r at once: %s.", message.message_id, reason)
         record("giveup", reason="exhausted" if reason == "retries exhausted" else "not_retryable")
-        if _keep_on_dead_letter(broker, message):
-            # Acked, not nacked: the result is stored once the ack is done (after_ack), as after a nack.
-            setattr(message, _DEAD_LETTERED, exception)
-        else:
-            message.fail()
+        dead_letter(broker, message, exception, failure)
         if reason != "retries exhausted":
             return
         target = message.options.get("on_retry_exhausted")
@@ -448,94 +431,3 @@ class Backoff(Middleware):
                 target = None
         if target:
             broker.get_actor(target).send(message.asdict(), {"retries": retries, "max_retries": max_retries})
-
-
-def _keep_on_dead_letter(broker: dramatiq.Broker, message: Any) -> bool:
-    """Make the message's dead letter carry its updated options, so it says why it failed.
-
-    Returns ``True`` when the message is already in the dead-letter queue,
-    so it must be acked rather than failed (a nack would dead-letter it a
-    second time).  ``StubBroker`` keeps the message object itself.
-    """
-    rabbitmq = sys.modules.get("dramatiq.brokers.rabbitmq")
-    if rabbitmq is not None and isinstance(broker, rabbitmq.RabbitmqBroker):
-        return _publish_dead_letter(broker, message)
-    _rewrite_redis_payload(broker, message)
-    return False
-
-
-def _rewrite_redis_payload(broker: dramatiq.Broker, message: Any) -> None:
-    # RedisBroker moves the stored payload to the dead-letter queue on nack,
-    # and that payload is the one enqueued last: rewrite it first.
-    redis_id = message.options.get("redis_message_id")
-    client = getattr(broker, "client", None)
-    namespace = getattr(broker, "namespace", None)
-    if redis_id is None or client is None or namespace is None:
-        return
-    key = f"{namespace}:{message.queue_name}.msgs"
-    try:
-        # This worker holds the message until it nacks it, so the entry cannot vanish in between.
-        if client.hexists(key, redis_id):
-            client.hset(key, redis_id, message.encode())
-    except Exception as error:  # the message still fails; only the note is lost
-        logger.warning("Could not store the failure reason of message %r: %s", message.message_id, error)
-
-
-def _publish_dead_letter(broker: Any, message: Any) -> bool:
-    """Publish the updated message to ``<queue>.XQ`` on RabbitMQ; ``True`` once the broker confirmed it.
-
-    A nack makes RabbitMQ dead-letter the body it delivered, which cannot be
-    changed, so the copy carrying the reason is published by hand (with the
-    properties ``RabbitmqBroker.enqueue`` uses) and the delivery is then
-    acked.  The publish goes through a short-lived channel in confirm mode
-    with ``mandatory`` set: only a message the broker has taken counts, and
-    the broker's own channel keeps its settings.  On any failure the caller
-    falls back to the nack, which dead-letters the original body.
-    """
-    import pika  # RabbitmqBroker is in use, so pika is installed
-
-    queue = xq_name(message.queue_name)
-    properties = pika.BasicProperties(delivery_mode=2, priority=message.options.get("broker_priority"))
-    body = message.encode()
-    failure: Exception | None = None
-    for _ in range(2):
-        try:
-            channel = broker.connection.channel()
-        except pika.exceptions.AMQPConnectionError as error:
-            # This thread's connection went stale since it last enqueued: open a new one, as enqueue does.
-            del broker.connection
-            failure = error
-            continue
-        try:
-            channel.confirm_delivery()
-            channel.basic_publish(
-                exchange="", routing_key=queue, body=body, properties=properties, mandatory=True
-            )
-        except Exception as error:
-            failure = error
-            break
-        finally:
-            # The publish is settled either way; a failing close changes nothing.
-            with contextlib.suppress(Exception):
-                channel.close()
-        return True
-    logger.warning(
-        "Could not dead-letter message %r with its failure reason (%s); the original body is dead-lettered.",
-        message.message_id,
-        failure,
-    )
-    return False
-
-
-def _store_failure_result(broker: dramatiq.Broker, message: Any, exception: BaseException) -> None:
-    """Store ``exception`` as the message's result, as ``Results.after_nack`` does for a failed message."""
-    results = next((m for m in broker.middleware if isinstance(m, Results)), None)
-    if results is None:
-        return
-    try:
-        broker.get_actor(message.actor_name)
-    except ActorNotFound:  # Results stores nothing for an unknown actor either
-        return
-    if get_option(broker, message, "store_results", results.store_results):
-        ttl = get_option(broker, message, "result_ttl", results.result_ttl)
-        results.backend.store_exception(message, exception, ttl)

@@ -10,9 +10,12 @@ hooks in reverse:
 2. Dramatiq's defaults in their place, with ``Retries`` replaced by
    ``Backoff`` where ``Retries`` stood.
 3. The gates, in this order: ``ResultCache`` (a hit marks the message so the
-   next two let it through), ``RateLimiter`` (a slot is taken only by a
-   message that will run), ``CircuitBreaker`` (asked last, just before the
-   actor, so a trial call is not wasted on a message the limiter defers).
+   next ones let it through), ``StallGuard`` (counts the start of a message
+   whose actor will run: after the cache, so an L1 hit costs no round trip),
+   ``RateLimiter`` (a slot is taken only by a message that will run; one
+   taken in the same trip by a message the gates before it skip goes back),
+   ``CircuitBreaker`` (asked last, just before the actor, so a trial call is
+   not wasted on a message the limiter defers).
    On the way out the breaker records the outcome first, the limiter then
    frees a concurrency slot, and the cache stores the result.
 """
@@ -65,6 +68,7 @@ _BACKOFF = _Slot("backoff", "dramatiq_turbo.backoff:Backoff", takes_redis=False)
 # The gates, in the order their before_process_message hooks must run.
 _GATES = (
     _Slot("cache", "dramatiq_turbo.cache:ResultCache", takes_redis=True),
+    _Slot("stall", "dramatiq_turbo.stall:StallGuard", takes_redis=True),
     _Slot("rate_limit", "dramatiq_turbo.ratelimit:RateLimiter", takes_redis=True),
     _Slot("breaker", "dramatiq_turbo.breaker:CircuitBreaker", takes_redis=True),
 )
@@ -80,6 +84,7 @@ def install(
     backoff: MiddlewareFlag = True,
     telemetry: MiddlewareFlag = True,
     monitor: MiddlewareFlag = True,
+    stall: MiddlewareFlag = True,
 ) -> dramatiq.Broker:
     """Add the suite's middleware to ``broker`` in the right order and return it.
 
@@ -95,12 +100,14 @@ def install(
         server and database are used (through a client with
         ``connect_redis``'s safe settings); with ``None`` and any other broker,
         every middleware works per process.
-      cache, breaker, rate_limit, backoff, telemetry, monitor: ``True`` adds
+      cache, breaker, rate_limit, backoff, telemetry, monitor, stall: ``True`` adds
         the middleware with its defaults (sharing ``redis``), ``False``
         leaves it out, and a middleware instance is added as it is.
         ``backoff`` replaces Dramatiq's ``Retries``; ``monitor`` is the
         ``QueueStatsRecorder`` that ``QueueMonitor`` and ``dramatiq-turbo
-        stats`` read.
+        stats`` read; ``stall`` is the ``StallGuard`` that dead-letters a
+        message whose worker died while running it more than ``max_stalls``
+        times.
 
     Returns:
       dramatiq.Broker: ``broker``, for chaining.
@@ -112,6 +119,7 @@ def install(
         "backoff": backoff,
         "telemetry": telemetry,
         "monitor": monitor,
+        "stall": stall,
     }
     for flag, value in flags.items():
         if not isinstance(value, bool | Middleware):

@@ -33,7 +33,7 @@ def _stand_ins() -> dict[str, Middleware]:
     # One class per slot, as the real middleware are.
     return {
         flag: type(f"StandIn_{flag}", (StandIn,), {})(flag)
-        for flag in ("telemetry", "monitor", "cache", "rate_limit", "breaker", "backoff")
+        for flag in ("telemetry", "monitor", "cache", "stall", "rate_limit", "breaker", "backoff")
     }
 
 
@@ -55,6 +55,7 @@ def test_install_orders_the_suite_around_dramatiqs_defaults():
         "Pipelines",
         "backoff",  # where Retries stood
         "cache",  # a hit is marked before the limiter and breaker look
+        "stall",  # after the cache: an L1 hit runs no actor code and counts no start
         "rate_limit",
         "breaker",
     ]
@@ -86,6 +87,7 @@ def test_install_fills_gaps_in_order_when_called_again():
         backoff=False,
         telemetry=False,
         monitor=False,
+        stall=False,
     )
     install(
         broker,
@@ -95,16 +97,25 @@ def test_install_fills_gaps_in_order_when_called_again():
         backoff=False,
         telemetry=False,
         monitor=False,
+        stall=False,
     )
+    install(broker, stall=stand_ins["stall"], cache=False, telemetry=False, monitor=False, backoff=False)
 
-    assert _order(broker)[-3:] == ["cache", "rate_limit", "breaker"]
+    assert _order(broker)[-4:] == ["cache", "stall", "rate_limit", "breaker"]
 
 
 def test_install_with_everything_off_leaves_the_broker_alone():
     broker = StubBroker()
     before = list(broker.middleware)
     install(
-        broker, cache=False, breaker=False, rate_limit=False, backoff=False, telemetry=False, monitor=False
+        broker,
+        cache=False,
+        breaker=False,
+        rate_limit=False,
+        backoff=False,
+        telemetry=False,
+        monitor=False,
+        stall=False,
     )
     assert broker.middleware == before
 
@@ -170,7 +181,7 @@ def test_a_retries_subclass_is_replaced_too():
     broker = StubBroker(middleware=[MyRetries(max_retries=2)])
     install(broker, **_stand_ins())
     assert not any(isinstance(m, Retries) for m in broker.middleware)
-    assert _order(broker)[-4:] == ["backoff", "cache", "rate_limit", "breaker"]
+    assert _order(broker)[-5:] == ["backoff", "cache", "stall", "rate_limit", "breaker"]
 
 
 def test_a_subclass_of_a_suite_middleware_fills_its_slot():

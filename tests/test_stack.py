@@ -15,6 +15,7 @@ from dramatiq_turbo import (
     CircuitOpenError,
     RateLimiter,
     ResultCache,
+    StallGuard,
     Telemetry,
     breaker,
     install,
@@ -44,9 +45,9 @@ def test_install_builds_the_documented_order_on_a_real_broker(stack):
     names = [type(m).__name__ for m in broker.middleware]
     assert names[0] == "Telemetry"
     assert names.index("Pipelines") < names.index("Backoff") < names.index("Results")
-    assert names[-3:] == ["ResultCache", "RateLimiter", "CircuitBreaker"]
+    assert names[-4:] == ["ResultCache", "StallGuard", "RateLimiter", "CircuitBreaker"]
     assert "Retries" not in names
-    kinds = (Telemetry, Backoff, ResultCache, RateLimiter, CircuitBreaker)
+    kinds = (Telemetry, Backoff, ResultCache, StallGuard, RateLimiter, CircuitBreaker)
     assert all(sum(isinstance(m, kind) for m in broker.middleware) == 1 for kind in kinds)
 
 

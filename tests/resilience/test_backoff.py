@@ -351,7 +351,7 @@ def test_a_dead_lettered_delivery_stores_its_failure_as_results_after_nack_would
     from dramatiq.broker import MessageProxy
     from dramatiq.results import Results
 
-    from dramatiq_turbo.backoff import _DEAD_LETTERED
+    from dramatiq_turbo.core.deadletter import _DEAD_LETTERED
 
     class Backend:
         def __init__(self):
