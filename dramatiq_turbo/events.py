@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import trace
 
-__all__ = ["EventListener", "add_listener", "record", "remove_listener"]
+__all__ = ["EventListener", "add_listener", "listen_while_alive", "record", "remove_listener"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,25 @@ def add_listener(listener: EventListener) -> None:
     with _listeners_lock:
         if listener not in _listeners:
             _listeners = (*_listeners, listener)
+
+
+def listen_while_alive(owner: object, method: str) -> None:
+    """Call ``owner.<method>(name, attributes)`` for every event while ``owner`` lives.
+
+    ``owner`` is held weakly, so a discarded broker's middleware is not kept
+    alive by its listener, which goes when it does.  One listener per owner
+    keeps ``record`` a loop over a tuple: every event of every message pays
+    for whatever a listener does before it can decide to do nothing.
+    """
+    reference = weakref.ref(owner)
+
+    def listener(name: str, attributes: Mapping[str, Any]) -> None:
+        target = reference()
+        if target is not None:
+            getattr(target, method)(name, attributes)
+
+    add_listener(listener)
+    weakref.finalize(owner, remove_listener, listener)
 
 
 def remove_listener(listener: EventListener) -> None:

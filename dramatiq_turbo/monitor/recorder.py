@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -132,7 +131,7 @@ class QueueStatsRecorder(Middleware):
         self._meta: dict[str, dict[str, set[str]]] = {}  # queue -> {"breakers": ..., "limits": ...}
         self.outage = Outage(component="monitor", logger=logger)
         self.dropped = 0  # counts lost to failed writes
-        _instances.add(self)
+        events.listen_while_alive(self, "_on_event")
 
     # -- per-process state ----------------------------------------------------
 
@@ -403,16 +402,3 @@ def _describe_limit(option: Any) -> str | None:
     if isinstance(option, dict) and "max" in option and "duration" in option:
         return f"{option['max']} per {option['duration']} ms"
     return None
-
-
-# Every live recorder hears the suite's events through one listener, held
-# weakly, so a discarded broker's middleware is not kept alive by it.
-_instances: weakref.WeakSet[QueueStatsRecorder] = weakref.WeakSet()
-
-
-def _dispatch(name: str, attributes: Mapping[str, Any]) -> None:
-    for recorder in list(_instances):
-        recorder._on_event(name, attributes)
-
-
-events.add_listener(_dispatch)
