@@ -36,7 +36,7 @@ from dramatiq.middleware import Middleware
 
 from .core.deadletter import FAILURE_OPTION, dead_letter, store_failure_after_ack
 from .events import record
-from .options import OptionError, require_ms
+from .options import OptionError, message_option, require_ms, warn_ignored
 
 __all__ = [
     "DEFAULT_MAX_BACKOFF",
@@ -313,6 +313,22 @@ class Backoff(Middleware):
         except ValueError as error:
             raise OptionError(f"actor {actor.actor_name!r}: {error}") from None
 
+    def before_process_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        # Dramatiq's worker calls isinstance(error, throws) with the message's
+        # own throws when the actor fails: one that is not exception classes
+        # would raise there and kill the worker thread.
+        throws = message.options.get("throws")
+        if throws is not None:
+            try:
+                _check_throws(throws)
+            except TypeError as error:
+                try:
+                    fallback = broker.get_actor(message.actor_name).options.get("throws")
+                except ActorNotFound:
+                    fallback = None
+                warn_ignored(message, "throws", throws, error, fallback)
+                del message.options["throws"]
+
     def after_process_message(
         self,
         broker: dramatiq.Broker,
@@ -329,9 +345,17 @@ class Backoff(Middleware):
             actor_options = {}
 
         def option(name: str, default: Any) -> Any:
-            return message.options.get(name, actor_options.get(name, default))
+            value = message.options.get(name, _MISSING)
+            if value is _MISSING:
+                return actor_options.get(name, default)
+            check = _MESSAGE_CHECKS.get(name)
+            if check is None:
+                return value
+            # Set by whoever sent the message: a bad value is ignored, not fatal.
+            return message_option(broker, message, name, default, check=check)
 
-        retries = message.options.setdefault("retries", 0)
+        retries = option("retries", 0)
+        message.options["retries"] = retries
         throws = option("throws", None)
         if throws and isinstance(exception, throws):
             # Dramatiq's own line first: people alert on it.
@@ -431,3 +455,42 @@ class Backoff(Middleware):
                 target = None
         if target:
             broker.get_actor(target).send(message.asdict(), {"retries": retries, "max_retries": max_retries})
+
+
+_MISSING = object()
+
+
+def _check_retries(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"must be an int >= 0, got {value!r}")
+    return value
+
+
+def _check_max_retries(value: Any) -> int | None:
+    return None if value is None else _check_retries(value)
+
+
+def _check_callable(value: Any) -> Any:
+    # A message's options travel as JSON, so a callable can only be set in
+    # this process (by a middleware or a test); anything else is a mistake.
+    if value is not None and not callable(value):
+        raise TypeError(f"must be a callable, got {type(value).__name__}")
+    return value
+
+
+def _check_throws(value: Any) -> Any:
+    kinds = value if isinstance(value, tuple) else (value,)
+    if not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in kinds):
+        raise TypeError(f"must be an exception class or a tuple of them, got {type(value).__name__}")
+    return value
+
+
+#: How Backoff checks a message's own value of each option it reads (the
+#: actor's values are checked when it is declared).
+_MESSAGE_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "retries": _check_retries,
+    "max_retries": _check_max_retries,
+    "retry_when": _check_callable,
+    "backoff": _check_callable,
+    "throws": _check_throws,
+}

@@ -27,7 +27,7 @@ import dramatiq
 from dramatiq.middleware import MiddlewareError, SkipMessage
 
 from .events import record
-from .options import require_ms
+from .options import require_ms, warn_ignored
 
 __all__ = ["DEFERRALS_OPTION", "DeferralFailed", "Deferred", "defer", "deferral_count"]
 
@@ -61,8 +61,21 @@ class DeferralFailed(MiddlewareError):
 
 
 def deferral_count(message: Any) -> int:
-    """How many times ``message`` has been deferred so far."""
-    return int(message.options.get(DEFERRALS_OPTION, 0))
+    """How many times ``message`` has been deferred so far.
+
+    The count travels in the message, so its sender may have put anything
+    there: a value that is not a non-negative int counts as 0 (with a
+    warning), and a huge one is taken as it is.  Either way the message is
+    still deferred; the count only grows the delay of the next deferral.
+
+    Parameters:
+      message: The message (or its proxy).
+    """
+    count = message.options.get(DEFERRALS_OPTION, 0)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        warn_ignored(message, DEFERRALS_OPTION, count, ValueError("not a count"), 0)
+        return 0
+    return count
 
 
 def defer(broker: dramatiq.Broker, message: Any, *, delay: int, reason: str, jitter: int = 0) -> NoReturn:

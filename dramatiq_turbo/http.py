@@ -11,7 +11,13 @@ urllib3 with exponential backoff, jitter and the server's ``Retry-After``.
 ``download_file()`` streams a URL into memory under a total deadline and a
 size cap, and fails with errors the ``Backoff`` middleware understands:
 each carries ``retryable`` and, when the server asked for a pause,
-``retry_after`` (milliseconds).
+``retry_after`` (milliseconds).  The deadline holds against any server: a
+watchdog shuts the download's sockets when it passes, so a server that
+drips its headers or its chunk sizes a byte at a time (each read well
+within the socket timeout) is cut off too.  The size cap counts the bytes
+after decompression, read a bounded piece at a time, so a small gzip body
+that inflates to gigabytes costs at most ``max_bytes``.  Error texts never
+show a URL's password (``dramatiq_turbo.redact``).
 
 Both are fork-safe: a process forked from one that already used the session
 builds its own, since sockets must never be shared between processes.
@@ -43,6 +49,7 @@ from urllib3.util.retry import Retry
 
 from .options import require_ms
 from .perprocess import PerProcess, size_from_env
+from .redact import redact_text, redact_url
 
 __all__ = [
     "DownloadError",
@@ -97,7 +104,8 @@ class DownloadError(Exception):
         retryable: bool = True,
         retry_after: int | None = None,
     ) -> None:
-        super().__init__(message)
+        # The text is logged, traced and kept in dead letters: never with a password.
+        super().__init__(redact_text(message))
         self.url = url
         self.status = status
         self.retryable = retryable
@@ -188,12 +196,133 @@ def pool_size() -> int:
     return (_worker_threads() or DEFAULT_THREADS) + pool_threads()
 
 
+class _Watch:
+    """The connections one ``download_file`` call uses, shut down when its deadline passes.
+
+    A socket timeout bounds each read, not their sum: a server that sends
+    one byte of its headers (or of a chunk size) per second never lets a
+    read time out.  So a timer thread shuts down the sockets the download
+    holds at its deadline, which ends any read at once; the download then
+    reports ``DownloadTimeout``.  Connections are registered as the pool
+    hands them out (``_get_conn``) and let go as they return to it, so a
+    timer that fires late never touches a connection another download uses.
+
+    Parameters:
+      deadline(_Deadline): The download's deadline.
+      block_private(bool): Whether connections must reach public addresses.
+    """
+
+    def __init__(self, deadline: _Deadline, *, block_private: bool) -> None:
+        self.deadline = deadline
+        self.block_private = block_private
+        self.expired = False
+        self._lock = threading.Lock()
+        self._connections: set[Any] = set()
+        self._timer = threading.Timer(max(0.0, deadline.end - time.monotonic()), self._expire)
+        self._timer.daemon = True
+        self._previous: _Watch | None = None
+
+    def __enter__(self) -> _Watch:
+        self._previous = _current_watch()
+        _watching.watch = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        with self._lock:
+            for connection in self._connections:
+                connection._turbo_watch = None
+            self._connections.clear()
+            self.expired = True  # nothing may register after the download
+        _watching.watch = self._previous
+
+    def add(self, connection: Any) -> None:
+        with self._lock:
+            connection._turbo_watch = self
+            self._connections.add(connection)
+            if self.expired:
+                _shut(connection)
+
+    def discard(self, connection: Any) -> None:
+        with self._lock:
+            self._connections.discard(connection)
+            connection._turbo_watch = None
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for connection in self._connections:
+                _shut(connection)
+
+
+_watching = threading.local()
+
+
+def _current_watch() -> _Watch | None:
+    watch: _Watch | None = getattr(_watching, "watch", None)
+    return watch
+
+
+def _shut(connection: Any) -> None:
+    # shutdown, not close: it wakes a read blocked in another thread.
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _check_peer(connection: Any, sock: socket.socket) -> None:
+    """Refuse a connection to a non-public address when the download blocks private ones.
+
+    Checked on the connected socket itself: a name that resolved to a
+    public address for ``_check_url`` and to a private one for the
+    connection (DNS rebinding) is caught here.  Connections to a proxy are
+    the proxy's business (it resolves the target).
+    """
+    watch = _current_watch()
+    if watch is None or not watch.block_private:
+        return
+    if getattr(connection, "proxy", None) is not None or getattr(connection, "_tunnel_host", None):
+        return
+    try:
+        address = ipaddress.ip_address(str(sock.getpeername()[0]).split("%", 1)[0])
+    except (OSError, ValueError):
+        return  # not an IP socket
+    if not _public(address):
+        host = getattr(connection, "host", "?")
+        with contextlib.suppress(OSError):
+            sock.close()
+        raise DownloadRefused(
+            f"refusing the connection to {host}: it reached the non-public address {address}",
+            url=f"//{host}",
+        )
+
+
+class _CheckedConnectionMixin:
+    """A connection whose socket is checked against ``block_private`` as soon as it connects."""
+
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        _check_peer(self, sock)
+        return sock
+
+
+class _CheckedHTTPConnection(_CheckedConnectionMixin, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _CheckedHTTPSConnection(_CheckedConnectionMixin, urllib3.connection.HTTPSConnection):
+    pass
+
+
 class _BoundedWaitMixin:
     """A connection pool on which a request waits for a free connection at most its read timeout.
 
     urllib3 lets a blocking pool wait forever (``pool_timeout=None``) and
     requests gives no way to set it, so a download with a 5 s deadline could
-    wait minutes behind slow transfers on every pooled connection.
+    wait minutes behind slow transfers on every pooled connection.  It also
+    tells a download's ``_Watch`` which connections the download holds.
     """
 
     def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
@@ -202,13 +331,36 @@ class _BoundedWaitMixin:
             kwargs["pool_timeout"] = timeout.read_timeout
         return super().urlopen(method, url, *args, **kwargs)  # type: ignore[misc]
 
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        connection = super()._get_conn(timeout)  # type: ignore[misc]
+        watch = _current_watch()
+        if watch is not None:
+            watch.add(connection)
+            sock = getattr(connection, "sock", None)
+            if sock is not None:
+                # A pooled connection, opened by a download that did not block private addresses.
+                try:
+                    _check_peer(connection, sock)
+                except DownloadRefused:
+                    watch.discard(connection)
+                    connection.close()
+                    super()._put_conn(connection)  # type: ignore[misc]
+                    raise
+        return connection
+
+    def _put_conn(self, connection: Any) -> None:
+        watch = getattr(connection, "_turbo_watch", None)
+        if watch is not None:
+            watch.discard(connection)
+        super()._put_conn(connection)  # type: ignore[misc]
+
 
 class _BoundedWaitHTTPPool(_BoundedWaitMixin, urllib3.HTTPConnectionPool):
-    pass
+    ConnectionCls = _CheckedHTTPConnection
 
 
 class _BoundedWaitHTTPSPool(_BoundedWaitMixin, urllib3.HTTPSConnectionPool):
-    pass
+    ConnectionCls = _CheckedHTTPSConnection
 
 
 _BOUNDED_WAIT_POOLS = {"http": _BoundedWaitHTTPPool, "https": _BoundedWaitHTTPSPool}
@@ -304,6 +456,15 @@ def http_session(*, pool_size: int | None = None) -> requests.Session:
 # -- downloads -----------------------------------------------------------------------------
 
 
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``block_private`` lets a download reach ``address``: a global unicast address."""
+    # An IPv4-mapped IPv6 address is the IPv4 address it maps.
+    mapped = getattr(address, "ipv4_mapped", None)
+    if mapped is not None:
+        address = mapped
+    return address.is_global and not address.is_multicast
+
+
 def _check_url(url: str, block_private: bool) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
@@ -322,7 +483,7 @@ def _check_url(url: str, block_private: bool) -> None:
         raise DownloadError(f"cannot resolve {parts.hostname!r}: {error}", url=url, retryable=True) from error
     for info in infos:
         address = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
-        if not address.is_global or address.is_multicast:
+        if not _public(address):
             raise DownloadRefused(
                 f"refusing {url}: {parts.hostname} resolves to the non-public address {address}", url=url
             )
@@ -424,8 +585,11 @@ def _read_body(
             break
         downloaded += len(data)
         if downloaded > max_bytes:
+            # With a Content-Encoding the count is of decompressed bytes: say so, a
+            # small body that inflates past the limit (a gzip bomb) looks odd otherwise.
+            how = f" decompressed ({response.headers.get('Content-Encoding')})" if encoded else ""
             raise DownloadTooLarge(
-                f"{url} passed the {max_bytes} byte limit after {downloaded} bytes; download aborted",
+                f"{url} passed the {max_bytes} byte limit after {downloaded} bytes{how}; download aborted",
                 url=url,
                 status=response.status_code,
             )
@@ -496,21 +660,22 @@ def download_file(
     _check_url(url, block_private)
     deadline = _Deadline(timeout, url)
     session = _current(None).raw
-    attempt = 0
-    while True:
-        try:
-            return _attempt(session, url, max_bytes, deadline, on_progress, headers, block_private)
-        except DownloadError as error:
-            if not error.retryable or isinstance(error, DownloadTimeout) or attempt >= max_retries:
-                raise
-            wait_ms = error.retry_after if error.retry_after is not None else _backoff_ms(attempt)
-            left_ms = (deadline.end - time.monotonic()) * 1000
-            if wait_ms >= left_ms:
-                # Waiting would blow the deadline: let the job be retried later instead.
-                raise
-            logger.debug("Retrying %s in %d ms after: %s", url, wait_ms, error)
-            time.sleep(wait_ms / 1000)
-            attempt += 1
+    with _Watch(deadline, block_private=block_private):
+        attempt = 0
+        while True:
+            try:
+                return _attempt(session, url, max_bytes, deadline, on_progress, headers, block_private)
+            except DownloadError as error:
+                if not error.retryable or isinstance(error, DownloadTimeout) or attempt >= max_retries:
+                    raise
+                wait_ms = error.retry_after if error.retry_after is not None else _backoff_ms(attempt)
+                left_ms = (deadline.end - time.monotonic()) * 1000
+                if wait_ms >= left_ms:
+                    # Waiting would blow the deadline: let the job be retried later instead.
+                    raise
+                logger.debug("Retrying %s in %d ms after: %s", redact_url(url), wait_ms, error)
+                time.sleep(wait_ms / 1000)
+                attempt += 1
 
 
 def _attempt(
@@ -538,6 +703,8 @@ def _attempt(
             deadline.remaining()
             raise DownloadError(f"GET {current} timed out: {error}", url=url) from error
         except requests.RequestException as error:
+            # The watchdog shut the socket at the deadline: that is a timeout.
+            deadline.remaining()
             raise DownloadError(f"GET {current} failed: {error}", url=url) from error
         with response:
             if response.is_redirect:
@@ -557,8 +724,8 @@ def _attempt(
             try:
                 return _read_body(response, url, max_bytes, deadline, on_progress)
             except _TRANSFER_ERRORS as error:
-                if isinstance(error, TimeoutError | urllib3.exceptions.TimeoutError):
-                    deadline.remaining()
+                # A read cut off by the watchdog at the deadline, or timed out near it: a timeout.
+                deadline.remaining()
                 raise DownloadError(
                     f"reading {url} failed after a partial transfer: {type(error).__name__}: {error}", url=url
                 ) from error

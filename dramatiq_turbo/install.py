@@ -33,6 +33,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware, Retries
 
+from .redact import protect_logs
 from .redis import RedisLike, connect_redis_like, resolve_redis
 
 __all__ = ["install"]
@@ -109,6 +110,10 @@ def install(
         message whose worker died while running it more than ``max_stalls``
         times.
 
+    It also masks URL passwords and secret parameters (``api_key=...``) in
+    every log record of the process, Dramatiq's own included
+    (``dramatiq_turbo.redact.protect_logs``).
+
     Returns:
       dramatiq.Broker: ``broker``, for chaining.
     """
@@ -125,6 +130,9 @@ def install(
         if not isinstance(value, bool | Middleware):
             raise TypeError(f"install({flag}=...) takes True, False or a middleware instance, got {value!r}")
 
+    # Dramatiq logs each message with its arguments, and exceptions with their
+    # text: URL passwords and API keys in them are masked in every log record.
+    protect_logs()
     shared = _SharedRedis(redis, broker)
     slots = _slots_of(broker)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
@@ -34,7 +34,13 @@ try:
 except ImportError:  # pragma: no cover - redis-py moved its parsers
     _error_from_reply = redis.ResponseError
 
-__all__ = ["execute_packed", "execute_pipeline", "execute_transaction", "raise_first_error"]
+__all__ = [
+    "execute_packed",
+    "execute_packed_pipeline",
+    "execute_pipeline",
+    "execute_transaction",
+    "raise_first_error",
+]
 
 _MULTI = hiredis.pack_command(("MULTI",))
 _EXEC = hiredis.pack_command(("EXEC",))
@@ -87,6 +93,15 @@ def execute_pipeline(client: redis.Redis, commands: Iterable[tuple[Any, ...]], c
       as its ``redis.ResponseError``, not raised (the other commands ran).
     """
     return _exchange(client, map(hiredis.pack_command, commands), total=count)
+
+
+def execute_packed_pipeline(client: redis.Redis, packed: Sequence[bytes]) -> list[Any]:
+    """``execute_pipeline`` for commands already packed with ``hiredis.pack_command``.
+
+    A caller that packs each command itself can keep one it cannot pack
+    from failing the others: nothing is sent until every command is packed.
+    """
+    return _exchange(client, iter(packed), total=len(packed))
 
 
 def execute_transaction(

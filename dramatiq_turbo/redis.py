@@ -8,6 +8,7 @@ their Lua scripts.
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -146,17 +147,36 @@ def resolve_redis(client: RedisLike) -> redis.Redis | None:
     raise TypeError(f"redis must be a redis.Redis client, a Redis URL or None, got {type(client).__name__}")
 
 
+#: What a hash tag cannot hold as it is: its braces, the escape itself, and lone surrogates.
+_TAG_UNSAFE = re.compile("[%{}\ud800-\udfff]")
+
+
 def hash_key(namespace: str, name: str, *parts: str) -> str:
     """Name a key of one logical object so all its keys share one cluster slot.
 
     ``hash_key("turbo:rl", "send_email", "log")`` is ``"turbo:rl:{send_email}:log"``:
     the braces are a Redis Cluster hash tag, so a Lua script that touches every
-    key of ``send_email`` runs on one node.
+    key of ``send_email`` runs on one node.  Names come from users (a cache
+    key, a rate-limit key function, a breaker name), so ``%``, ``{``, ``}``
+    and lone surrogates in ``name`` become ``%XX`` codes (``tag_safe``): the
+    tag ends where it should, and distinct names never share a key.
     """
     if not name:
         raise ValueError("a key needs a non-empty object name")
-    key = f"{namespace}:{{{name}}}"
+    key = f"{namespace}:{{{tag_safe(name)}}}"
     return ":".join((key, *parts)) if parts else key
+
+
+def tag_safe(name: str) -> str:
+    """``name`` escaped for a hash tag: ``%`` ``{`` ``}`` and lone surrogates become ``%XX`` codes.
+
+    Injective, so distinct names never share a key, and free of ``}``, so the
+    tag ends where ``hash_key`` ends it.  Names without those characters are
+    unchanged.
+    """
+    if _TAG_UNSAFE.search(name) is None:
+        return name
+    return _TAG_UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", name)
 
 
 def redis_time_ms(client: redis.Redis) -> int:

@@ -26,7 +26,7 @@ from .core.deadletter import dead_letter, store_failure_after_ack
 from .core.delivery import Call, Delivery, Gate
 from .core.fallback import Fallback
 from .events import record
-from .options import OptionError, get_option, require_ms
+from .options import OptionError, message_option, require_ms
 from .redis import RedisLike, hash_key, load_script, resolve_redis
 
 __all__ = ["StallGuard", "StalledError", "stall_reason"]
@@ -241,21 +241,21 @@ class StallGuard(Gate):
             self.starts.failed(reply)
 
     def _limit_of(self, broker: dramatiq.Broker, message: Any) -> int | None:
-        value = get_option(broker, message, OPTION, self.max_stalls)
-        if value is None:
-            return None
-        try:
-            return _require_stalls(OPTION, value)
-        except ValueError as error:
-            # Set by whoever sent the message: run it under the default rather than lose it.
-            logger.warning("Message %r: %s; using %r.", message.message_id, error, self.max_stalls)
-            return self.max_stalls
+        # A sender's bad value is ignored with a warning: the message runs under the actor's limit.
+        limit: int | None = message_option(
+            broker, message, OPTION, self.max_stalls, check=lambda value: _check_stalls(OPTION, value)
+        )
+        return limit
 
 
 def _require_stalls(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{name} must be an int >= 0 (or None for no limit), got {value!r}")
     return value
+
+
+def _check_stalls(name: str, value: Any) -> int | None:
+    return None if value is None else _require_stalls(name, value)
 
 
 def stall_reason(stalls: int) -> str:

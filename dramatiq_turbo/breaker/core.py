@@ -20,6 +20,7 @@ from ..core.fallback import Fallback
 from ..core.tokens import new_token
 from ..events import record
 from ..outage import Outage
+from ..redact import redact_text
 from .store import (
     STATE_CLOSED,
     STATE_HALF_OPEN,
@@ -339,7 +340,7 @@ class Breaker:
     def _changed(self, previous: str, state: str) -> None:
         self.counts[state] += 1
         log = logger.warning if state == STATE_OPEN else logger.info
-        log("Circuit %r: %s -> %s.", self.name, previous, state)
+        log("Circuit %r: %s -> %s.", redact_text(self.name), previous, state)
         record("breaker.state", breaker=self.name, state=state, previous=previous)
         for listener in self.listeners:
             try:

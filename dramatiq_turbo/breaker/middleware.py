@@ -13,7 +13,7 @@ import dramatiq
 from ..core.delivery import Call, Delivery, Gate, current_delivery
 from ..core.tokens import new_token
 from ..defer import defer
-from ..options import OptionError, get_option, require_ms
+from ..options import OptionError, message_option, require_ms
 from ..outage import Outage
 from ..redis import RedisLike, resolve_redis
 from .core import Admission, Breaker, CircuitOpenError, pop_held, push_held, set_default
@@ -289,7 +289,7 @@ class CircuitBreaker(Gate):
     # -- helpers ------------------------------------------------------------
 
     def _name(self, broker: dramatiq.Broker, message: Any) -> str | None:
-        option = get_option(broker, message, "breaker", None)
+        option = message_option(broker, message, "breaker", None, check=_check_breaker)
         if option is None or option is False:
             return None
         if option is True:
@@ -317,3 +317,14 @@ def _settings(*, base: Settings | None = None, **values: Any) -> Settings:
     if rate is not None and not (isinstance(rate, int | float) and 0 < rate <= 1):
         raise ValueError(f"failure_rate must be a number in (0, 1] or None, got {rate!r}")
     return Settings(**merged)
+
+
+#: A breaker's name is a key part and a log field: a message may not name an endless one.
+_MAX_NAME = 200
+
+
+def _check_breaker(value: Any) -> Any:
+    """A message's own ``breaker``: a dependency name, ``True`` or ``False``."""
+    if isinstance(value, bool) or (isinstance(value, str) and 0 < len(value) <= _MAX_NAME):
+        return value
+    raise ValueError(f"must be a dependency name (1 to {_MAX_NAME} characters), True or False")

@@ -24,7 +24,9 @@ def content_hash(data: bytes | bytearray | memoryview | str) -> str:
       str: 64 lowercase hex digits.
     """
     if isinstance(data, str):
-        data = data.encode()
+        # surrogatepass: the same bytes as UTF-8 for any valid text, and a
+        # digest too for a lone surrogate (JSON arguments can carry one).
+        data = data.encode("utf-8", "surrogatepass")
     elif not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"content_hash() takes bytes or str, got {type(data).__name__}")
     return hashlib.sha256(data).hexdigest()

@@ -104,9 +104,16 @@ class InvalidationListener:
                     pubsub.close()
 
     def _apply(self, data: bytes) -> None:
+        # Anyone who can publish on the channel can send anything: a message
+        # that is not ours is dropped here, never left to restart the thread
+        # (which would clear L1) - JSON nested too deep raises RecursionError.
         try:
             message = json.loads(data)
-            if message["o"] != self.store.origin:
-                self.drop([str(key) for key in message["k"]])
-        except (ValueError, KeyError, TypeError):
+            origin, keys = message["o"], message["k"]
+            if not isinstance(keys, list):
+                raise TypeError("'k' is not a list")
+        except Exception:
             logger.warning("Ignoring a malformed cache invalidation message: %r", data[:200])
+            return
+        if origin != self.store.origin:
+            self.drop([key for key in keys if isinstance(key, str)])

@@ -14,7 +14,7 @@ from dramatiq.middleware import MiddlewareError
 
 from ..core.delivery import Delivery, Gate, current_delivery
 from ..events import record
-from ..options import require_ms
+from ..options import MAX_MS, require_ms, warn_ignored
 from ..redis import RedisLike
 from .hashing import args_key
 from .multilevel import Lookup, MultiLevelCache, PendingLookup
@@ -90,7 +90,7 @@ class ResultCache(Gate):
         default: bool = False,
     ) -> None:
         self.cache = cache if cache is not None else MultiLevelCache(redis=redis)
-        self.ttl = require_ms("ttl", ttl, allow_zero=False)
+        self.ttl = require_ms("ttl", ttl, allow_zero=False, maximum=MAX_MS)
         self.default = bool(default)
         self._declared: dict[str, dict[str, Any]] = {}
 
@@ -103,7 +103,7 @@ class ResultCache(Gate):
         # Only a MiddlewareError escapes a hook, so bad options fail the declaration loudly.
         try:
             if "cache_ttl" in actor.options:
-                require_ms(f"{actor.actor_name}: cache_ttl", actor.options["cache_ttl"], allow_zero=False)
+                _check_ttl(actor.options["cache_ttl"], f"{actor.actor_name}: cache_ttl")
         except ValueError as error:
             raise CacheOptionError(str(error)) from None
         key_fn = actor.options.get("cache_key")
@@ -209,7 +209,10 @@ class ResultCache(Gate):
         try:
             lookup.complete(result, part.ttl, send=delivery.after)
         except TypeError as error:
-            logger.warning("Result of %s not cached: %s", message, error)
+            # The message's id, not the message: its str() shows its arguments.
+            logger.warning(
+                "Result of %s (message %s) not cached: %s", message.actor_name, message.message_id, error
+            )
             return
         record("cache.store")
 
@@ -240,7 +243,33 @@ class ResultCache(Gate):
         options = message.options
         if options.keys().isdisjoint(_OPTIONS):
             return declared
-        return {**declared, **{k: options[k] for k in _OPTIONS if k in options}}
+        merged = dict(declared)
+        for name in _OPTIONS:
+            if name in options:
+                self._take_message_option(message, merged, name, options[name])
+        return merged
+
+    def _take_message_option(self, message: Any, merged: dict[str, Any], name: str, value: Any) -> None:
+        """Let the message's own ``name`` override the actor's, unless it is malformed.
+
+        The message's options come from its sender, unchecked: a malformed
+        value is ignored with a warning and the actor's (checked) one stays.
+        ``None`` means "not set".
+
+        Parameters:
+          message: The message being processed.
+          merged(dict): The options so far (the actor's); updated in place.
+          name(str): One of the cache's options.
+          value: The message's value of it.
+        """
+        if value is None:
+            return
+        try:
+            merged[name] = _MESSAGE_CHECKS[name](value)
+        except (TypeError, ValueError) as error:
+            # What applies instead: the actor's setting, else the middleware's default.
+            defaults = {"cache": self.default, "cache_ttl": self.ttl}
+            warn_ignored(message, name, value, error, merged.get(name, defaults.get(name)))
 
     def _enabled(self, options: dict[str, Any]) -> bool:
         enabled = options.get("cache")
@@ -264,8 +293,45 @@ class ResultCache(Gate):
 
     def _message_ttl(self, message: Any, options: dict[str, Any]) -> int:
         ttl = options.get("cache_ttl", self.ttl)
-        return require_ms(f"{message.actor_name}: cache_ttl", ttl, allow_zero=False)
+        return _check_ttl(ttl, f"{message.actor_name}: cache_ttl")
 
 
 #: The options a message (or its actor) sets the cache with.
 _OPTIONS = ("cache", "cache_key", "cache_ttl", "cache_version")
+
+#: The longest ``cache_version`` a message may carry: it becomes part of every key.
+_MAX_VERSION = 256
+
+
+def _check_ttl(value: Any, name: str = "cache_ttl") -> int:
+    return require_ms(name, value, allow_zero=False, maximum=MAX_MS)
+
+
+def _check_enabled(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"cache must be True or False, got {type(value).__name__}")
+    return value
+
+
+def _check_key_fn(value: Any) -> Any:
+    # A message's options are JSON once sent: a function never survives the trip.
+    if not callable(value):
+        raise TypeError("cache_key must be a callable returning a str")
+    return value
+
+
+def _check_version(value: Any) -> str | int:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise TypeError(f"cache_version must be a str or an int, got {type(value).__name__}")
+    if len(str(value)) > _MAX_VERSION:
+        raise ValueError(f"cache_version must be at most {_MAX_VERSION} characters long")
+    return value
+
+
+#: How each option a message carries is checked before it overrides the actor's.
+_MESSAGE_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "cache": _check_enabled,
+    "cache_key": _check_key_fn,
+    "cache_ttl": _check_ttl,
+    "cache_version": _check_version,
+}

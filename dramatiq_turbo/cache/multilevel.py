@@ -16,12 +16,12 @@ import redis
 from ..core.delivery import Call, send_calls
 from ..core.fallback import Fallback
 from ..core.tokens import new_token
-from ..options import require_ms
+from ..options import MAX_MS, require_ms
 from ..outage import Outage
 from ..redis import RedisLike, resolve_redis
 from .invalidation import InvalidationListener
 from .l1 import MISSING, LocalCache
-from .serializers import Codec, Serializer, UndecodableValue, get_serializer
+from .serializers import DEFAULT_MAX_SIZE, Codec, Serializer, UndecodableValue, get_serializer
 from .singleflight import DONE, FAILED, Flight, Leases, LocalFlights, RemoteTurn
 from .store import NoL2, RedisStore
 
@@ -220,6 +220,11 @@ class MultiLevelCache:
         code) or an object with a one-byte ``tag``, ``dumps`` and ``loads``.
       compress_threshold(int): Encoded values of at least this many bytes
         are stored zlib-compressed; ``0`` never compresses.
+      max_value_size(int): The largest encoded value, in bytes, that is
+        cached (64 MiB): a larger one is not stored (``TypeError``), and a
+        stored value that is larger, or inflates to more, is a miss.  So a
+        value written by someone else under the namespace - a zip bomb,
+        say - costs at most this much memory to refuse.
       lease_ttl(int): Milliseconds a single-flight lease lives unless its
         holder renews it; waiters take over within this time if it dies.
       wait_timeout(int): Milliseconds a caller waits for another one's
@@ -238,6 +243,7 @@ class MultiLevelCache:
         namespace: str = "turbo:cache",
         serializer: str | Serializer = "json",
         compress_threshold: int = 4096,
+        max_value_size: int = DEFAULT_MAX_SIZE,
         lease_ttl: int = 10_000,
         wait_timeout: int = 120_000,
         retry_interval: int = 1_000,
@@ -247,12 +253,14 @@ class MultiLevelCache:
         if not isinstance(namespace, str) or not namespace:
             raise ValueError(f"namespace must be a non-empty str, got {namespace!r}")
         self.l1_ttl = require_ms("l1_ttl", l1_ttl)
-        self.l2_ttl = require_ms("l2_ttl", l2_ttl, allow_zero=False)
+        self.l2_ttl = require_ms("l2_ttl", l2_ttl, allow_zero=False, maximum=MAX_MS)
         self.lease_ttl = require_ms("lease_ttl", lease_ttl, allow_zero=False)
         self.wait_timeout = require_ms("wait_timeout", wait_timeout)
         self.retry_interval = require_ms("retry_interval", retry_interval)
         self.namespace = namespace
-        self.codec = Codec(get_serializer(serializer), compress_threshold=compress_threshold)
+        self.codec = Codec(
+            get_serializer(serializer), compress_threshold=compress_threshold, max_size=max_value_size
+        )
         self.l1 = LocalCache(maxsize=l1_maxsize, ttl=self.l1_ttl)
         self._flights = LocalFlights()
         self._client = resolve_redis(redis)
@@ -621,12 +629,18 @@ class MultiLevelCache:
         self.l1.clear()
 
     def _ttl(self, ttl: int | None) -> int:
-        return self.l2_ttl if ttl is None else require_ms("ttl", ttl, allow_zero=False)
+        return self.l2_ttl if ttl is None else require_ms("ttl", ttl, allow_zero=False, maximum=MAX_MS)
 
     @staticmethod
     def _check_key(key: str) -> None:
         if not isinstance(key, str) or not key:
             raise ValueError(f"a cache key must be a non-empty str, got {key!r}")
+        if not key.isascii():
+            try:
+                key.encode()
+            except UnicodeEncodeError:
+                # A lone surrogate (JSON can carry one): Redis keys are UTF-8.
+                raise ValueError(f"a cache key must be valid Unicode, got {key[:80]!r}") from None
 
     def _count(self, name: str, n: int = 1) -> None:
         if n:

@@ -4,7 +4,10 @@ A stored value is a three-byte header followed by the payload: a magic byte,
 the serializer's tag and the compression's tag.  A reader only decodes what
 its own serializer wrote, so a cache configured for JSON never unpickles a
 value that someone else put in Redis; anything it cannot decode is reported
-as ``UndecodableValue`` and treated as a miss by the cache.
+as ``UndecodableValue`` and treated as a miss by the cache.  Nor does a
+reader inflate more than ``max_size`` bytes: a small compressed value that
+expands to gigabytes (a zip bomb written under the cache's namespace) is
+undecodable too, having cost at most ``max_size`` bytes of memory.
 """
 
 from __future__ import annotations
@@ -85,6 +88,11 @@ class PickleSerializer:
         return pickle.loads(data)  # opt-in, documented above
 
 
+#: The default ``max_size``: far above any result worth caching, far below a host's memory.
+DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+#: How much a compressed value is inflated at a time.
+_INFLATE_PIECE = 1024 * 1024
+
 #: Serializers by name, for ``MultiLevelCache(serializer="pickle")``.
 SERIALIZERS: dict[str, type[JSONSerializer] | type[PickleSerializer]] = {
     "json": JSONSerializer,
@@ -114,17 +122,21 @@ class Codec:
       compress_threshold(int): Payloads of at least this many bytes are
         compressed with zlib (level 1: fast, and JSON shrinks several fold).
         ``0`` disables compression.
+      max_size(int): The largest payload, in bytes, that is stored or
+        decoded (after decompression).  A larger value is not cached
+        (``TypeError``, as for any value the cache cannot hold), and a
+        stored one that would inflate beyond it is ``UndecodableValue``.
     """
 
-    def __init__(self, serializer: Serializer, *, compress_threshold: int = 4096) -> None:
-        if (
-            isinstance(compress_threshold, bool)
-            or not isinstance(compress_threshold, int)
-            or compress_threshold < 0
-        ):
-            raise ValueError(f"compress_threshold must be an int of bytes >= 0, got {compress_threshold!r}")
+    def __init__(
+        self, serializer: Serializer, *, compress_threshold: int = 4096, max_size: int = DEFAULT_MAX_SIZE
+    ) -> None:
+        for name, value, least in (("compress_threshold", compress_threshold, 0), ("max_size", max_size, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an int of bytes >= {least}, got {value!r}")
         self.serializer = serializer
         self.compress_threshold = compress_threshold
+        self.max_size = max_size
         self._plain = _MAGIC + serializer.tag + _PLAIN
         self._zlib = _MAGIC + serializer.tag + _ZLIB
 
@@ -144,18 +156,56 @@ class Codec:
         return self._frame(payload), self.serializer.loads(payload)
 
     def _frame(self, payload: bytes) -> bytes:
+        if len(payload) > self.max_size:
+            raise TypeError(
+                f"value of {len(payload):,} bytes is over the cache's max_size of {self.max_size:,} bytes"
+            )
         if self.compress_threshold and len(payload) >= self.compress_threshold:
             return self._zlib + zlib.compress(payload, 1)
         return self._plain + payload
 
     def decode(self, data: bytes) -> Any:
-        """The value stored as ``data``; ``UndecodableValue`` when it is not ours or is damaged."""
-        header, payload = data[:3], data[3:]
+        """The value stored as ``data``; ``UndecodableValue`` when it is not ours, is damaged or too large."""
+        header = data[:3]
+        # A view: the payload of a large value is not copied before it is inflated.
+        payload: bytes | memoryview = memoryview(data)[3:]
+        if header not in (self._plain, self._zlib):
+            raise UndecodableValue(
+                f"cached value has header {header[:3]!r}, this cache writes {self._plain!r}"
+            )
+        if len(payload) > self.max_size:
+            raise UndecodableValue(f"cached value of {len(payload):,} bytes is over max_size")
         try:
-            if header == self._plain:
-                return self.serializer.loads(payload)
-            if header == self._zlib:
-                return self.serializer.loads(zlib.decompress(payload))
+            return self.serializer.loads(self._inflate(payload) if header == self._zlib else bytes(payload))
+        except UndecodableValue:
+            raise
         except Exception as error:
             raise UndecodableValue(f"damaged cached value ({type(error).__name__}: {error})") from error
-        raise UndecodableValue(f"cached value has header {header!r}, this cache writes {self._plain!r}")
+
+    def _inflate(self, payload: bytes | memoryview) -> bytes:
+        """Decompress ``payload``, but never to more than ``max_size`` bytes.
+
+        Piece by piece: a bomb is refused having held at most ``max_size``
+        bytes of output (one ``decompress`` call to the limit would need
+        twice that while its buffer grows).
+        """
+        inflater = zlib.decompressobj()
+        pieces: list[bytes] = []
+        size = 0
+        pending: bytes | memoryview = payload
+        while not inflater.eof:
+            if not pending:
+                # All input is in: what is left comes out now, or the stream is cut short.
+                piece = inflater.flush()
+                if not inflater.eof:
+                    raise UndecodableValue("damaged cached value (truncated compressed data)")
+            else:
+                piece = inflater.decompress(pending, _INFLATE_PIECE)
+                pending = inflater.unconsumed_tail
+            size += len(piece)
+            if size > self.max_size:
+                raise UndecodableValue(
+                    f"cached value inflates to more than max_size ({self.max_size:,} bytes)"
+                )
+            pieces.append(piece)
+        return b"".join(pieces)

@@ -145,11 +145,10 @@ class Leases:
 
     def begin_call(self, key: str, token: str, *, skip_value: bool = False) -> Call:
         """The first step of ``begin``, as a call to send with others; ``take_turn`` goes on."""
-        value_key, lease_key, waiters_key, _ = self.store.flight_keys(key)
         return Call(
             self.store.client,
             self.store.script("begin.lua"),
-            [value_key, lease_key, waiters_key],
+            self.store.flight_keys(key),
             [token, self.lease_ttl, self._registration_ttl, "1" if skip_value else "0"],
         )
 

@@ -10,6 +10,10 @@ Each cache key ``k`` owns a few Redis keys that share the hash tag ``{k}``
 
 Every write and delete publishes the key on ``<ns>:invalidate`` in the same
 round trip, so other processes drop their L1 copy.
+
+Cache keys are the caller's (a ``cache_key`` may return any text), so the
+tag holds them escaped (``hash_key`` escapes them): a key with ``{``, ``}`` or ``%`` can
+neither move its keys to other cluster slots nor name another key's lease.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from dramatiq.errors import ActorNotFound
 from dramatiq.results import Results
 
 from ..options import get_option
+from ..redact import redact_text
 
 __all__ = ["FAILURE_OPTION", "dead_letter", "store_failure_after_ack"]
 
@@ -55,7 +56,12 @@ def dead_letter(
       exception(BaseException): Its failure, stored as its result.
       failure(dict): Why: ``{"reason", "error", "detail", ...}``, JSON-serializable.
     """
-    message.options[FAILURE_OPTION] = failure
+    # The dead letter is read by people and tools (dramatiq-turbo stats): an
+    # exception's text may hold a URL with its password, or an API key.
+    message.options[FAILURE_OPTION] = {
+        name: redact_text(value) if name in ("reason", "detail") and isinstance(value, str) else value
+        for name, value in failure.items()
+    }
     message.stuff_exception(exception)
     if _keep_on_dead_letter(broker, message):
         # Acked, not nacked: the result is stored once the ack is done (after_ack), as after a nack.

@@ -38,12 +38,13 @@ from contextvars import ContextVar
 from typing import Any
 
 import dramatiq
+import hiredis
 import redis
 from dramatiq.middleware import Middleware, SkipMessage
 from redis.commands.core import Script
 from redis.exceptions import NoScriptError
 
-from ..packed import execute_pipeline
+from ..packed import execute_packed_pipeline
 
 __all__ = [
     "Call",
@@ -135,13 +136,16 @@ def send_calls(calls: Sequence[Call]) -> None:
 
 def _send_group(group: list[Call]) -> None:
     client = group[0].client
+    sendable, packed = _packed(group)
+    if not sendable:
+        return
     try:
-        replies = execute_pipeline(client, [call._command() for call in group], len(group))
+        replies = execute_packed_pipeline(client, packed)
     except redis.RedisError as error:
-        for call in group:
+        for call in sendable:
             call.reply = error
         return
-    for call, reply in zip(group, replies, strict=True):
+    for call, reply in zip(sendable, replies, strict=True):
         if isinstance(reply, NoScriptError):
             try:
                 # The script did not run: load it and run it (redis-py's Script does both).
@@ -149,6 +153,25 @@ def _send_group(group: list[Call]) -> None:
             except redis.RedisError as error:
                 reply = error
         call.reply = reply
+
+
+def _packed(group: list[Call]) -> tuple[list[Call], list[bytes]]:
+    """The calls that can be sent, and their commands packed.
+
+    A call that cannot be packed (an argument hiredis cannot encode) gets a
+    ``redis.DataError`` as its reply, so its gate still settles, and the
+    other calls of the trip - other messages' too - still go out.
+    """
+    sendable: list[Call] = []
+    packed: list[bytes] = []
+    for call in group:
+        try:
+            packed.append(hiredis.pack_command(call._command()))
+        except Exception as error:
+            call.reply = redis.DataError(f"the call could not be sent: {type(error).__name__}: {error}")
+        else:
+            sendable.append(call)
+    return sendable, packed
 
 
 class _Outbox:

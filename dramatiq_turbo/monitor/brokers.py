@@ -21,7 +21,8 @@ import dramatiq
 import redis
 from dramatiq.common import dq_name, xq_name
 
-from ..backoff import FAILURE_OPTION
+from ..core.deadletter import FAILURE_OPTION
+from ..redact import redact_text
 from ..redis import connect_redis_like
 from .recorder import DUE_OPTION
 from .scripts import ScriptCall, monitor_script, run_pipeline
@@ -110,11 +111,16 @@ def dead_letter(message: dramatiq.Message[Any] | None) -> DeadLetter | None:
     return DeadLetter(
         message_id=message.message_id,
         actor=message.actor_name,
-        reason=failure.get("reason"),
-        error=failure.get("error"),
-        detail=failure.get("detail"),
+        reason=_shown(failure.get("reason")),
+        error=_shown(failure.get("error")),
+        detail=_shown(failure.get("detail")),
         retries=retries if isinstance(retries, int) else None,
     )
+
+
+def _shown(value: Any) -> str | None:
+    # Older dead letters (and anyone's writes) were never redacted: do it on the way out.
+    return redact_text(value) if isinstance(value, str) else None
 
 
 def _dead_letters(payloads: Sequence[Any]) -> tuple[DeadLetter, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -392,7 +393,12 @@ def _wait_ms(options: Mapping[str, Any], timestamp: Any) -> int | None:
     due = options.get(DUE_OPTION, options.get("eta", timestamp))
     if isinstance(due, bool) or not isinstance(due, int | float):
         return None
-    return max(0, int(time.time() * 1000 - due))
+    # Set by the sender: NaN, an infinity or a number past any clock is no wait at all.
+    try:
+        wait = time.time() * 1000 - due
+    except OverflowError:  # an int too large for a float
+        return None
+    return max(0, int(wait)) if math.isfinite(wait) else None
 
 
 def _describe_limit(option: Any) -> str | None:

@@ -55,7 +55,11 @@ if max > 0 then
     wait = tonumber(oldest[2]) + duration - now
   end
   if burst_window > 0 then
-    local recent = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - burst_window), '+inf', 'WITHSCORES')
+    -- The bound goes to Redis as text.  Lua's own number-to-text keeps 14
+    -- significant digits: 0.1 ms of a time in ms since 1970, which let a start
+    -- up to 50 µs inside the window go uncounted.  17 digits are exact.
+    local since = string.format('(%.17g', now - burst_window)
+    local recent = redis.call('ZRANGEBYSCORE', KEYS[1], since, '+inf', 'WITHSCORES')
     local n = #recent / 2
     if n >= burst then
       local leaving = tonumber(recent[2 * (n - burst) + 2])

@@ -18,7 +18,7 @@ from ..core.fallback import Fallback
 from ..core.tokens import new_token
 from ..defer import defer, deferral_count
 from ..events import record
-from ..options import require_ms
+from ..options import require_ms, warn_ignored
 from ..outage import Outage
 from ..redis import RedisLike, resolve_redis
 from .inline import set_default
@@ -191,10 +191,24 @@ class RateLimiter(Gate):
             self.before_declare_actor(broker, actor)
 
     def rule_for(self, broker: dramatiq.Broker, message: Any) -> Rule | None:
-        """The limit that applies to ``message``: the message's, its actor's, or its queue's."""
+        """The limit that applies to ``message``: the message's, its actor's, or its queue's.
+
+        A malformed ``rate_limit`` in the message's options (its sender may
+        be another version, or hostile) is ignored with a warning: the
+        actor's or queue's limit, checked when declared, applies instead.
+        """
         value = message.options.get(OPTION)
         if value is not None:
-            return parse_rule(value, where=f"message {message.message_id}: rate_limit")
+            try:
+                return parse_rule(value, where="rate_limit")
+            except InvalidRateLimit as error:
+                fallback = self._declared_rule(broker, message)
+                warn_ignored(message, OPTION, value, error, fallback)
+                return fallback
+        return self._declared_rule(broker, message)
+
+    def _declared_rule(self, broker: dramatiq.Broker, message: Any) -> Rule | None:
+        """The limit of ``message``'s actor, or else of its queue."""
         rule = self._actor_rules.get(message.actor_name)
         if rule is None:
             actor_value = _actor_option(broker, message.actor_name)
@@ -346,7 +360,10 @@ class RateLimiter(Gate):
 
 
 def _token(message: Any) -> str:
-    return f"{message.message_id}:{new_token()}"
+    # The id is the sender's: kept for whoever reads the keys, but only as
+    # much of it, and in a form, that Redis takes (no lone surrogates).
+    shown = str(message.message_id)[:64].encode("utf-8", "backslashreplace").decode()
+    return f"{shown}:{new_token()}"
 
 
 def _queue_rule(queue: str, value: Any) -> Rule:
@@ -369,7 +386,14 @@ def _budget_key(rule: Rule, message: Any) -> str:
     if rule.key == "queue":
         return f"queue:{q_name(message.queue_name)}"
     assert callable(rule.key)
-    name = rule.key(message)
+    try:
+        name = rule.key(message)
+    except Exception as error:
+        # Raised as a MiddlewareError, so the message fails here: any other
+        # exception Dramatiq would log and then run the actor, past its limit.
+        raise InvalidRateLimit(
+            f"rate_limit key function failed on message {message.message_id}: {type(error).__name__}: {error}"
+        ) from error
     if not isinstance(name, str) or not name:
         raise InvalidRateLimit(f"rate_limit key function returned {name!r}; it must return a non-empty str")
     return key_budget(name)

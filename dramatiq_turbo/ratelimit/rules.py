@@ -14,7 +14,7 @@ from typing import Any
 
 from dramatiq.middleware import MiddlewareError
 
-from ..options import require_ms
+from ..options import MAX_MS, require_ms
 
 __all__ = ["DEFAULT_LEASE", "InvalidRateLimit", "KeyFunc", "Rule", "key_budget", "parse_rule"]
 
@@ -25,6 +25,10 @@ DEFAULT_LEASE = 30_000
 KeyFunc = Callable[[Any], str]
 
 _DICT_KEYS = frozenset({"max", "duration", "key", "burst", "concurrency", "lease"})
+
+#: The largest count (``max``, ``burst``, ``concurrency``): far above any real
+#: limit, and exact in Lua, whose numbers are doubles.
+MAX_COUNT = 10**12
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,11 @@ class InvalidRateLimit(MiddlewareError, ValueError):
 
     A ``ValueError``, and a ``MiddlewareError`` so that Dramatiq lets it out of
     ``before_declare_actor``: declaring the actor fails, naming the problem.
+    A message failed with it (its ``key`` function failed on it) is not worth
+    a retry (``retryable``): it is dead-lettered with the reason at once.
     """
+
+    retryable = False
 
 
 def key_budget(name: str) -> str:
@@ -116,7 +124,7 @@ def _parse(value: Any, where: str) -> Rule:
     has_rate = "max" in fields or "duration" in fields
     if has_rate or not concurrency:
         max_ = _positive_int(f"{where} max", fields.get("max"))
-        duration = require_ms(f"{where} duration", fields.get("duration"), allow_zero=False)
+        duration = require_ms(f"{where} duration", fields.get("duration"), allow_zero=False, maximum=MAX_MS)
     else:
         max_, duration = 0, 0
     burst = _positive_int(f"{where}['burst']", fields.get("burst", max_), allow_zero=not max_)
@@ -124,7 +132,9 @@ def _parse(value: Any, where: str) -> Rule:
         raise InvalidRateLimit(f"{where}['burst'] must be between 1 and max ({max_}), got {burst}")
     if not max_ and "burst" in fields:
         raise InvalidRateLimit(f"{where}['burst'] needs max and duration")
-    lease = require_ms(f"{where}['lease']", fields.get("lease", DEFAULT_LEASE), allow_zero=False)
+    lease = require_ms(
+        f"{where}['lease']", fields.get("lease", DEFAULT_LEASE), allow_zero=False, maximum=MAX_MS
+    )
     key = fields.get("key", "actor")
     if not (key in ("actor", "queue") or callable(key)):
         raise InvalidRateLimit(
@@ -138,4 +148,6 @@ def _positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
         raise ValueError(
             f"{name} must be a {'non-negative' if allow_zero else 'positive'} int, got {value!r}"
         )
+    if value > MAX_COUNT:
+        raise ValueError(f"{name} must be at most {MAX_COUNT:,}, got {value!r}")
     return value

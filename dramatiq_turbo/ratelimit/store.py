@@ -12,7 +12,10 @@ Both run the same algorithm, an exact sliding-window log:
   process never keeps one.
 
 ``RedisLimitStore`` does each attempt in one Lua script timed by Redis
-``TIME``: exact across processes and hosts.  ``LocalLimitStore`` does the
+``TIME``: exact across processes and hosts.  Budget names come from users
+(a ``key`` function may return any text), so the hash tag holds them
+escaped (``hash_key`` escapes them): every key of a budget stays in one cluster slot and
+distinct budgets never share a key.  ``LocalLimitStore`` does the
 same in memory under a lock, for one process: the fallback when there is no
 Redis, and a swap of store rather than an ``if`` in every method.
 """

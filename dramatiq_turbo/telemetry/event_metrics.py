@@ -13,6 +13,8 @@ from typing import Any
 
 from opentelemetry.metrics import Counter, Histogram, Meter
 
+from ..redact import redact_text
+
 __all__ = ["EVENT_COUNTERS", "EventMetrics"]
 
 #: event name -> (counter name, description, attributes kept on the metric).
@@ -73,9 +75,17 @@ class EventMetrics:
         for key in keep:
             value = attributes.get(key)
             if value is not None:
-                labels[key] = value if isinstance(value, (str, bool, int, float)) else str(value)
+                labels[key] = _label(value)
         counter.add(1, labels)
         if name == "ratelimit.wait":
             wait_ms = attributes.get("wait_ms")
             if isinstance(wait_ms, (int, float)):
                 self._wait.record(wait_ms / 1000.0, labels)
+
+
+def _label(value: Any) -> Any:
+    """A metric attribute value: numbers and bools as they are, anything else as redacted text."""
+    if isinstance(value, bool | int | float):
+        return value
+    # A breaker's name may come from a message's options: never a password on a metric.
+    return redact_text(value if isinstance(value, str) else str(value))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +22,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from .. import events
 from ..options import require_ms
+from ..redact import redact_text
 from . import semconv as sc
 from .collector import MetricsCollector
 from .event_metrics import EventMetrics
@@ -409,9 +412,9 @@ class Telemetry(Middleware):
         token = otel_context.attach(context)
         delivery = _Delivery(message.message_id, message.actor_name, kind, runtime, span, token, steps)
         if runtime.metering:
-            ready_at = options.get(READY_AT_OPTION) or message.message_timestamp
-            if isinstance(ready_at, (int, float)):
-                delivery.wait = time.time() - ready_at / 1000.0
+            # A due time the sender garbled: the wait since it sent the message instead.
+            wait = _queue_wait(options.get(READY_AT_OPTION))
+            delivery.wait = wait if wait is not None else _queue_wait(message.message_timestamp)
         return delivery
 
     def _process_kind(self, queue_name: str, actor: str) -> _ProcessKind:
@@ -446,7 +449,7 @@ class Telemetry(Middleware):
             attributes={
                 **kind.attributes,
                 sc.MESSAGE_ID: message_id,
-                sc.RETRIES: options.get("retries", 0),
+                sc.RETRIES: _retries(options),
             },
             links=links,
         )
@@ -595,13 +598,41 @@ def _carry(options: dict[str, Any], parent: Context | None) -> None:
         options[CONTEXT_OPTION] = inject(None)
 
 
+def _queue_wait(ready_at: Any) -> float | None:
+    """Seconds since ``ready_at`` (epoch ms, from the message), or ``None`` when it is not a finite number."""
+    if isinstance(ready_at, bool) or not isinstance(ready_at, int | float):
+        return None
+    try:
+        wait = time.time() - ready_at / 1000.0
+    except OverflowError:  # an int beyond any float
+        return None
+    return wait if math.isfinite(wait) else None
+
+
+def _retries(options: Mapping[str, Any]) -> int:
+    """The message's retry count for its span: only a plain int is one (the sender wrote it)."""
+    retries = options.get("retries", 0)
+    return retries if isinstance(retries, int) and not isinstance(retries, bool) else 0
+
+
 def _end_process_span(
     span: Span, exception: BaseException | None, error_type: str | None, *, skipped: bool
 ) -> None:
     if exception is not None:
         span.set_attribute(sc.ERROR_TYPE, error_type)
-        span.record_exception(exception)
-        span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {exception}"[:1024]))
+        # An exception's text is what most often carries a secret (a DSN in a
+        # connection error): the span event and status get it redacted.
+        text = redact_text(str(exception))
+        span.record_exception(
+            exception,
+            attributes={
+                "exception.message": text,
+                "exception.stacktrace": redact_text(
+                    "".join(traceback.format_exception(type(exception), exception, exception.__traceback__))
+                ),
+            },
+        )
+        span.set_status(Status(StatusCode.ERROR, f"{type(exception).__name__}: {text}"[:1024]))
     elif skipped:
         span.set_attribute(sc.SKIPPED, True)
     span.end()

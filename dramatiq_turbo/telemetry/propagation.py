@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from opentelemetry import propagate
 from opentelemetry.context import Context
 
+from ..redact import redact_text
+
 __all__ = ["CONTEXT_OPTION", "DELAYED_OPTION", "READY_AT_OPTION", "extract", "inject"]
+
+logger = logging.getLogger("dramatiq_turbo.telemetry")
 
 #: The message option holding the producer's context, as W3C trace-context
 #: headers (``{"traceparent": ..., "tracestate": ...}``) or whatever the
@@ -39,4 +44,15 @@ def extract(options: dict[str, Any]) -> Context | None:
     carrier = options.get(CONTEXT_OPTION)
     if not isinstance(carrier, dict) or not carrier:
         return None
-    return propagate.extract(carrier, context=Context())
+    # The carrier is the sender's: only text headers are headers, and a
+    # propagator that chokes on one (a 100 KB baggage, say) gives no parent.
+    headers = {
+        key: value for key, value in carrier.items() if isinstance(key, str) and isinstance(value, str)
+    }
+    if not headers:
+        return None
+    try:
+        return propagate.extract(headers, context=Context())
+    except Exception:
+        logger.debug("Ignoring a malformed trace context %s.", redact_text(str(carrier)[:200]))
+        return None
