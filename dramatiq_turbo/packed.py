@@ -307,7 +307,10 @@ def _read_replies(connection: Any, expected: bytes, covered: int, total: int) ->
 
 
 def _is_read_only(reply: Any) -> bool:
-    return any(isinstance(part, redis.ReadOnlyError) for part in _parts(reply))
+    # Asked of every reply: plain values (most of them) answer without a generator.
+    if isinstance(reply, list):
+        return any(isinstance(part, redis.ReadOnlyError) for part in reply)
+    return isinstance(reply, redis.ReadOnlyError)
 
 
 def _parse_replies(connection: Any, total: int) -> list[Any]:

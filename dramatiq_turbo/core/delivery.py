@@ -32,6 +32,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -443,4 +444,17 @@ class Gate(Middleware):
 
 
 def _gates_of(broker: dramatiq.Broker) -> tuple[Gate, ...]:
-    return tuple(m for m in broker.middleware if isinstance(m, Gate))
+    # Asked for every message; the list changes only when middleware is added.
+    middleware = broker.middleware
+    known = _gates_seen.get(broker)
+    if known is not None and known[0] is middleware and known[1] == len(middleware):
+        return known[2]
+    gates = tuple(m for m in middleware if isinstance(m, Gate))
+    _gates_seen[broker] = (middleware, len(middleware), gates)
+    return gates
+
+
+#: Per broker: its middleware list as last seen, its length then, and its gates.
+_gates_seen: weakref.WeakKeyDictionary[dramatiq.Broker, tuple[list[Any], int, tuple[Gate, ...]]] = (
+    weakref.WeakKeyDictionary()
+)

@@ -7,7 +7,6 @@ import math
 import threading
 import time
 import traceback
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -198,7 +197,7 @@ class Telemetry(Middleware):
         self._send_attributes: dict[str, dict[str, Any]] = {}
         self._process_kinds: dict[tuple[str, str], _ProcessKind] = {}
         self._error_attributes: dict[tuple[int, str], dict[str, Any]] = {}
-        _instances.add(self)
+        events.listen_while_alive(self, "_on_event")
 
     # -- per-process state -------------------------------------------------
 
@@ -636,19 +635,6 @@ def _end_process_span(
     elif skipped:
         span.set_attribute(sc.SKIPPED, True)
     span.end()
-
-
-# Every live Telemetry instance hears the suite's events through one listener,
-# held weakly, so a discarded broker's middleware is not kept alive by it.
-_instances: weakref.WeakSet[Telemetry] = weakref.WeakSet()
-
-
-def _dispatch(name: str, attributes: Mapping[str, Any]) -> None:
-    for telemetry in list(_instances):
-        telemetry._on_event(name, attributes)
-
-
-events.add_listener(_dispatch)
 
 
 def _error_type(exception: BaseException) -> str:
