@@ -51,6 +51,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: Dramatiq's ``Retries`` logs its "Aborting" and "Retries exceeded" lines
+#: here; alerts match the logger's name as well as the text, so ours do too.
+retries_logger = logging.getLogger("dramatiq.middleware.retries.Retries")
 
 #: The guide's policy: ``min(1000 * 2^n, 60000)`` ms.
 DEFAULT_MIN_BACKOFF = 1_000
@@ -359,7 +362,7 @@ class Backoff(Middleware):
         throws = option("throws", None)
         if throws and isinstance(exception, throws):
             # Dramatiq's own line first: people alert on it.
-            logger.info("Aborting message %r.", message.message_id)
+            retries_logger.info("Aborting message %r.", message.message_id)
             self._give_up(broker, message, exception, f"{type(exception).__name__} is in throws", retries)
             return
         retryable, why_not = is_retryable(exception)
@@ -440,7 +443,7 @@ class Backoff(Middleware):
             "retries": retries,
         }
         if reason == "retries exhausted":
-            logger.warning("Retries exceeded for message %r.", message.message_id)
+            retries_logger.warning("Retries exceeded for message %r.", message.message_id)
         else:
             logger.info("Giving up message %r at once: %s.", message.message_id, reason)
         record("giveup", reason="exhausted" if reason == "retries exhausted" else "not_retryable")

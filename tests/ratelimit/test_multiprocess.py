@@ -3,6 +3,13 @@
 Every start is logged by the app (``tests/apps/ratelimit_app.py``) with the
 limiter's admission time, which comes from Redis ``TIME``, so the windows
 below are measured on the one clock all processes share.
+
+The limit is exact at admission.  The actor body starts a little later (the
+rest of the worker's hooks, a thread switch on a busy machine), so every run
+also checks the body's own start times, read from Redis ``TIME`` at the top
+of the body: the admission-to-body gap is bounded (``GAP_P99_MS``,
+``GAP_MAX_MS``), and the limit holds on body times once the window is
+shortened by the measured spread of that gap (see ``check_body_times``).
 """
 
 from __future__ import annotations
@@ -37,6 +44,15 @@ def max_in_window(times: list[float], window: float) -> int:
     return best
 
 
+#: Bounds on the gap between the limiter's admission and the top of the actor body.
+#: Measured on an idle 2-core machine (8 processes x 2 threads): p99 8-16 ms,
+#: max 10-23 ms.  The bounds leave room for other test runs on the same two
+#: cores (the PDF-notes proofs allow 100 ms for the same skew), and still fail
+#: a limiter that admits a message long before its body runs.
+GAP_P99_MS = 50
+GAP_MAX_MS = 100
+
+
 def starts(client: Any, namespace: str) -> list[dict[str, Any]]:
     return [json.loads(raw) for raw in client.lrange(f"{namespace}:starts", 0, -1)]
 
@@ -45,6 +61,48 @@ def test_max_in_window_counts_half_open_windows() -> None:
     assert max_in_window([0, 500, 999.9, 1000], 1000) == 3
     assert max_in_window([0, 1, 2], 1000) == 3
     assert max_in_window([], 1000) == 0
+
+
+def check_body_times(log: list[dict[str, Any]], *, limit: int, window: int, what: str) -> dict[str, float]:
+    """The limit holds on the body's own start times, up to the measured admission-to-body skew.
+
+    A body starts ``gap`` ms after its admission, with ``gap`` between
+    ``low`` and ``high`` (bounded by ``GAP_MAX_MS``); ``skew = high - low``.
+    The bodies in a window of ``w`` ms were admitted within ``w + skew`` ms.
+    Two consequences are asserted:
+
+    * in any window of ``window - skew`` ms at most ``limit`` bodies start
+      (the limit itself, on a window shortened by the skew);
+    * in any full window at most ``limit + tolerance`` start, where the
+      tolerance is the most starts admitted within ``skew`` ms of each other:
+      those that a late body carries over from the next window.  It is
+      derived from the run, not fixed, because starts admitted back to back
+      (no burst rule) make it as large as their clump: 5-10 of 30 here.
+    """
+    gaps = sorted(entry["body"] - entry["admitted"] for entry in log)
+    low, high = gaps[0], gaps[-1]
+    skew = high - low
+    p99 = gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))]
+    admitted = [entry["admitted"] for entry in log]
+    body = [entry["body"] for entry in log]
+    figures = {"p50": gaps[len(gaps) // 2], "p99": p99, "max": high, "skew": skew}
+    summary = ", ".join(f"{name} {value:.1f} ms" for name, value in figures.items())
+    assert low >= 0, f"{what}: a body started {-low:.1f} ms before its admission"
+    assert p99 <= GAP_P99_MS, f"{what}: admission-to-body gap p99 above {GAP_P99_MS} ms ({summary})"
+    assert high <= GAP_MAX_MS, f"{what}: admission-to-body gap above {GAP_MAX_MS} ms ({summary})"
+    in_shortened = max_in_window(body, window - skew)
+    assert in_shortened <= limit, (
+        f"{what}: {in_shortened} bodies started within {window - skew:.1f} ms, over the limit of {limit} "
+        f"per {window} ms less the skew ({summary})"
+    )
+    tolerance = max_in_window(admitted, skew) if skew > 0 else 0
+    in_full = max_in_window(body, window)
+    assert in_full <= limit + tolerance, (
+        f"{what}: {in_full} bodies started within {window} ms, over {limit} + {tolerance} "
+        f"(starts admitted within the {skew:.1f} ms skew; {summary})"
+    )
+    figures.update(tolerance=tolerance, in_full=in_full, in_shortened=in_shortened)
+    return figures
 
 
 def run_150_limited_jobs(
@@ -87,11 +145,14 @@ def check_exact_limit(log: list[dict[str, Any]], redis_client: Any, namespace: s
     assert 3_999 <= span <= 4_000 / 0.9, f"starts spanned {span:.0f} ms; per 100 ms: {timeline}; last: {late}"
     assert elapsed < 9, f"the run took {elapsed:.1f} s"
     deferrals = max(entry["deferrals"] for entry in log)
+    body = check_body_times(log, limit=30, window=1000, what="150 jobs at 30 per second")
     print(
         f"\n150 jobs: span {span:.0f} ms, wall {elapsed:.1f} s, max in 1 s window "
-        f"{max_in_window(admitted, 1000)}, body starts max in 1 s window "
-        f"{max_in_window([e['body'] for e in log], 1000)}, deferrals per message max {deferrals}, "
-        f"total {sum(e['deferrals'] for e in log)}, processes {len({e['pid'] for e in log})}"
+        f"{max_in_window(admitted, 1000)}, bodies max in 1 s window {body['in_full']} (<= 30 + "
+        f"{body['tolerance']}), in {1000 - body['skew']:.0f} ms {body['in_shortened']}, "
+        f"gap p50 {body['p50']:.1f} p99 {body['p99']:.1f} max {body['max']:.1f} ms, "
+        f"deferrals per message max {deferrals}, total {sum(e['deferrals'] for e in log)}, "
+        f"processes {len({e['pid'] for e in log})}"
     )
     assert deferrals <= 3, "a limited message is re-enqueued a bounded number of times"
 
@@ -174,7 +235,60 @@ def test_each_customer_gets_its_own_budget(make_broker, worker_processes, redis_
         # all 10 of its starts in the first second.
         in_first_second = sum(1 for t in admitted if t < first + 1000)
         assert in_first_second == 10, f"{customer} started {in_first_second} jobs in the first second"
+        check_body_times([e for e in log if e["customer"] == customer], limit=10, window=1000, what=customer)
     assert max_in_window([e["admitted"] for e in log], 1000) == 20, "two budgets: 20 starts per second in all"
+
+
+BURST_RULE = {"max": 20, "duration": 1000, "burst": 4}
+
+
+def test_burst_rule_holds_across_processes(make_broker, worker_processes, redis_client, redis_url):
+    """2 processes x 4 threads share one budget of 20 per second, at most 4 starts in any 200 ms."""
+    namespace = unique("rlburst")
+    burst, burst_window = BURST_RULE["burst"], 200  # burst * duration / max
+    broker = make_broker("redis", namespace=namespace)
+    workers = worker_processes(
+        APP,
+        processes=2,
+        threads=4,
+        env={
+            "TURBO_TEST_REDIS_URL": redis_url,
+            "TURBO_TEST_NAMESPACE": namespace,
+            "TURBO_TEST_RATE_LIMIT": json.dumps(BURST_RULE),
+            **FAST_POLL,
+        },
+    )
+    workers.start(ready_timeout=60)
+    jobs = [f"b{i}" for i in range(40)]
+    for job in jobs:
+        send_by_name(broker, "limited", job, queue=namespace)
+    wait_for(
+        lambda: all(redis_client.get(f"{namespace}:runs:{job}") for job in jobs),
+        timeout=20,
+        interval=0.05,
+        what="40 burst-limited jobs",
+    )
+    log = starts(redis_client, namespace)
+    assert sorted(entry["job"] for entry in log) == sorted(jobs), "each job ran exactly once"
+    assert len({entry["pid"] for entry in log}) == 2, "both processes took part"
+    admitted = sorted(entry["admitted"] for entry in log)
+    per_50ms = Counter(int((t - admitted[0]) // 50) for t in admitted)
+    timeline = " ".join(f"{k}:{per_50ms[k]}" for k in sorted(per_50ms))
+    assert max_in_window(admitted, burst_window) <= burst, (
+        f"at most {burst} admissions per 200 ms: {timeline}"
+    )
+    assert max_in_window(admitted, 1000) <= 20, f"at most 20 admissions per second: {timeline}"
+    # 40 starts, 4 per 200 ms, need 1,800 ms after the first; using at least
+    # 90% of the budget means they fit within 1,800 / 0.9 ms.
+    span = admitted[-1] - admitted[0]
+    assert span <= 1_800 / 0.9, f"starts spanned {span:.0f} ms; per 50 ms: {timeline}"
+    body = check_body_times(log, limit=burst, window=burst_window, what="burst of 4 per 200 ms")
+    print(
+        f"\nburst: span {span:.0f} ms, admitted max per 200 ms {max_in_window(admitted, burst_window)}, "
+        f"bodies max per {burst_window - body['skew']:.0f} ms {body['in_shortened']}, per 200 ms "
+        f"{body['in_full']} (<= 4 + {body['tolerance']}), gap p50 {body['p50']:.1f} p99 {body['p99']:.1f} "
+        f"max {body['max']:.1f} ms"
+    )
 
 
 def test_slot_of_a_killed_worker_comes_back_after_its_lease(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
+import statistics
 import threading
 import time
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dramatiq_turbo.ratelimit import LocalLimitStore, RedisLimitStore, Rule, parse_rule
@@ -206,3 +208,102 @@ def test_redis_store_is_exact_under_concurrent_callers(redis_url, redis_store) -
         thread.join()
     assert max_in_window(admitted, 300) == 20, "the budget is used and never exceeded"
     assert len(admitted) >= 0.9 * 20 * 3, "at least 90% of the budget over three windows"
+
+
+def _ceil_near(value: float) -> set[int]:
+    """``ceil(value)``, allowing for the µs to which the store's reply rounds its times."""
+    return {max(1, math.ceil(value - 0.001)), max(1, math.ceil(value + 0.001))}
+
+
+@pytest.mark.integration
+def test_redis_store_burst_spaces_starts_out(redis_store) -> None:
+    """The in-process test above, on real Redis: the waits are read off the store's own clock."""
+    rule = parse_rule({"max": 10, "duration": 1000, "burst": 2})
+    first, second = (redis_store.acquire("k", rule, token) for token in ("a", "b"))
+    assert first.admitted and second.admitted
+    refused = redis_store.acquire("k", rule, "c", max_wait=1000)
+    assert not refused.admitted and refused.reason == "rate", "at most 2 starts in any 200 ms"
+    assert refused.wait in _ceil_near(first.now + 200 - refused.now), "told the exact opening"
+    # Deferred callers (max_wait=0) get turns one rate interval (100 ms) apart after the opening.
+    turns = [redis_store.acquire("k", rule, f"late{i}", max_wait=0) for i in range(2)]
+    assert [d.admitted for d in turns] == [False, False]
+    for i, turn in enumerate(turns):
+        assert turn.wait in _ceil_near(first.now + 200 + 100 * i - turn.now), f"turn {i}: {turn}"
+    time.sleep(refused.wait / 1000)
+    third = redis_store.acquire("k", rule, "c")
+    assert third.admitted and third.now - first.now >= 200, "admitted once the first start left"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("rule", "window"),
+    [
+        (parse_rule((1, 100)), 100),
+        (parse_rule({"max": 10, "duration": 1000, "burst": 1}), 100),
+    ],
+    ids=["max", "burst"],
+)
+def test_redis_store_windows_are_exact_to_the_microsecond(redis_store, rule, window) -> None:
+    """A start just inside the window still counts, one just outside does not, at today's epoch.
+
+    Each attempt finds one earlier start placed so that it leaves the window
+    within a few hundred µs of the attempt, on either side (the attempt runs
+    a round trip after the test reads Redis ``TIME``; that delay is measured
+    first).  Redis times in ms have 13 digits before the point, so a bound
+    that goes through text with 14 significant digits keeps only 0.1 ms and
+    misjudges starts up to 50 µs inside the window: about 10 of 300 here.
+    """
+    client = redis_store.client
+
+    def redis_ms() -> float:
+        seconds, micros = client.time()
+        return seconds * 1000 + micros / 1000
+
+    delays = []
+    for i in range(20):
+        before = redis_ms()
+        delays.append(redis_store.acquire(f"probe{i}", rule, "x").now - before)
+    delay = statistics.median(delays)
+    wrong = []
+    for i in range(900):
+        key = f"edge{i}"
+        # From 150 µs before the edge to 150 µs after it, 1 µs apart (three times over).
+        earlier = redis_ms() - window + delay - 0.15 + (i % 300) * 0.001
+        client.zadd(redis_store.keys(key)[0], {"earlier": earlier})
+        decision = redis_store.acquire(key, rule, "now")
+        age = decision.now - earlier
+        # decision.now is rounded to the µs: allow 1 µs either way.
+        if (decision.admitted and age < window - 0.001) or (not decision.admitted and age >= window + 0.001):
+            wrong.append((round(age, 4), decision.admitted))
+    assert not wrong, (
+        f"{len(wrong)} of 900 attempts misjudged the window edge (age ms, admitted): {wrong[:5]}"
+    )
+
+
+@pytest.mark.integration
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    max_=st.integers(1, 8),
+    duration=st.integers(2, 60),
+    burst=st.integers(1, 8),
+    gaps=st.lists(st.floats(0, 6, allow_nan=False), min_size=1, max_size=60),
+)
+def test_redis_store_never_admits_more_than_max_in_any_window(
+    redis_store, max_, duration, burst, gaps
+) -> None:
+    """The property test of the in-process store, on real Redis and its clock.
+
+    The gaps are real sleeps (ms), so windows are short; each example has a
+    budget of its own.
+    """
+    key = unique("prop")
+    rule = parse_rule({"max": max_, "duration": duration, "burst": min(burst, max_)})
+    admitted = []
+    for i, gap in enumerate(gaps):
+        time.sleep(gap / 1000)
+        decision = redis_store.acquire(key, rule, f"t{i}", max_wait=i % 2 * duration)
+        if decision.admitted:
+            admitted.append(decision.now)
+    assert max_in_window(admitted, duration) <= max_
+    if rule.burst_window:
+        assert max_in_window(admitted, rule.burst_window) <= rule.burst
