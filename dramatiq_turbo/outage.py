@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from .events import record
 
@@ -35,6 +36,8 @@ class Outage:
         self.errors = 0
         self.outages = 0
         self.active = False
+        #: When the current (or last) outage began, by ``time.monotonic()``.
+        self.began = 0.0
         self._lock = threading.Lock()
 
     def failed(self, error: BaseException) -> None:
@@ -45,6 +48,7 @@ class Outage:
             if starts:
                 self.active = True
                 self.outages += 1
+                self.began = time.monotonic()
         if starts:
             self.logger.warning(
                 "%s: Redis is unreachable (%s: %s); working per process until it returns.",
@@ -54,11 +58,20 @@ class Outage:
             )
             record("outage", component=self.component, error_type=type(error).__name__)
 
-    def succeeded(self) -> None:
-        """Note a working call; log and record an event when it ends an outage."""
+    def succeeded(self, sent_at: float | None = None) -> None:
+        """Note a working call; log and record an event when it ends an outage.
+
+        Parameters:
+          sent_at(float): When the call went out (``time.monotonic()``).  A
+            reply to a call sent before the outage began says nothing of
+            Redis now: with threads, it can be handled just after another
+            thread's call failed, and must not end the outage.
+        """
         if not self.active:
             return
         with self._lock:
+            if sent_at is not None and sent_at < self.began:
+                return
             ends, self.active = self.active, False
         if ends:
             self.logger.warning("%s: Redis is reachable again; shared state resumed.", self.component)

@@ -8,7 +8,6 @@ their Lua scripts.
 
 from __future__ import annotations
 
-import functools
 import re
 import threading
 import weakref
@@ -152,7 +151,6 @@ def resolve_redis(client: RedisLike) -> redis.Redis | None:
 _TAG_UNSAFE = re.compile("[%{}\ud800-\udfff]")
 
 
-@functools.lru_cache(maxsize=4096)
 def hash_key(namespace: str, name: str, *parts: str) -> str:
     """Name a key of one logical object so all its keys share one cluster slot.
 
@@ -162,8 +160,6 @@ def hash_key(namespace: str, name: str, *parts: str) -> str:
     key, a rate-limit key function, a breaker name), so ``%``, ``{``, ``}``
     and lone surrogates in ``name`` become ``%XX`` codes (``tag_safe``): the
     tag ends where it should, and distinct names never share a key.
-    Names repeat (a budget, a breaker, a hot cache key), so the most recent
-    are remembered.
     """
     if not name:
         raise ValueError("a key needs a non-empty object name")

@@ -192,7 +192,7 @@ class StallGuard(Gate):
             count.store, starts = self.starts.run(lambda store: store.start(message_id))
         else:
             count.store, starts = self.starts.answer(
-                lambda: int(call.result()), lambda store: store.start(message_id)
+                lambda: int(call.result()), lambda store: store.start(message_id), sent_at=call.sent_at
             )
         stalls = starts - 1
         if stalls <= count.limit or delivery.cache_hit:
@@ -235,10 +235,10 @@ class StallGuard(Gate):
         elif store is not None:
             store.clear(message.message_id)
 
-    def _cleared(self, reply: Any) -> None:
-        if isinstance(reply, redis_lib.RedisError):
+    def _cleared(self, call: Call) -> None:
+        if isinstance(call.reply, redis_lib.RedisError):
             # The count expires by itself; until then a redelivery is one start closer to the limit.
-            self.starts.failed(reply)
+            self.starts.failed(call.reply)
 
     def _limit_of(self, broker: dramatiq.Broker, message: Any) -> int | None:
         # A sender's bad value is ignored with a warning: the message runs under the actor's limit.

@@ -142,8 +142,13 @@ def free_port() -> int:
 class RedisServer:
     """A throwaway ``redis-server`` on a spare port, for tests that stop Redis mid-run."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, durable: bool = False) -> None:
         self.port = port or free_port()
+        #: With ``durable=True`` every write is in an append-only file (fsynced
+        #: before the reply) that survives ``stop()``: a crash and a restart
+        #: lose nothing, as for a Redis that a broker is run on.
+        self.durable = durable
+        self.data_dir = tempfile.mkdtemp(prefix=f"turbo-redis-{self.port}-") if durable else None
         self.url = f"redis://127.0.0.1:{self.port}/1"
         #: The same server through a unix socket.
         self.socket_path = os.path.join(tempfile.gettempdir(), f"turbo-redis-{self.port}.sock")
@@ -167,6 +172,7 @@ class RedisServer:
                 "no",
                 "--unixsocket",
                 self.socket_path,
+                *self._durable_args(),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -178,6 +184,30 @@ class RedisServer:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+    def _durable_args(self) -> list[str]:
+        if not self.durable:
+            return []
+        # Later options win: these override "--appendonly no" above.
+        return ["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, commands wait unanswered."""
+        assert self.process is not None and self.process.poll() is None, "the server is not running"
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused server go on (SIGCONT): it answers the commands that waited."""
+        assert self.process is not None and self.process.poll() is None, "the server is not running"
+        self.process.send_signal(signal.SIGCONT)
+
+    def remove_data(self) -> None:
+        """Stop the server and delete a durable server's files."""
+        self.stop()
+        if self.data_dir is not None:
+            import shutil
+
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
 @dataclass
@@ -247,6 +277,16 @@ class WorkerProcesses:
             for block in self.output().split("Traceback (most recent call last):")[1:]
         ]
         return [block for block in blocks if not any(text in block for text in self.expected_tracebacks)]
+
+    def worker_pids(self, proc: subprocess.Popen[bytes] | None = None) -> list[int]:
+        """The pids of the worker processes (a ``dramatiq`` command's children) of one command, or of all."""
+        commands = self.popen if proc is None else [proc]
+        pids: list[int] = []
+        for command in commands:
+            with contextlib.suppress(OSError):
+                children = Path(f"/proc/{command.pid}/task/{command.pid}/children").read_text()
+                pids += [int(pid) for pid in children.split()]
+        return pids
 
     def kill(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the whole process tree of one command, as a host crash would."""

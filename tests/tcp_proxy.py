@@ -45,7 +45,9 @@ class TcpProxy:
 
     Parameters:
       host(str), port(int): The server to forward to.
-      delay_ms(float): Latency added to each direction.
+      delay_ms(float): Latency added to each direction.  With a delay above
+        0 the ``delay`` attribute (seconds) may be changed while it runs: a
+        network that turns slow and fast again.
       counter: An object with ``add()`` counting round trips (a fresh one by default).
     """
 
@@ -70,6 +72,17 @@ class TcpProxy:
         self._listener = listener
         threading.Thread(target=self._accept, daemon=True, name="proxy-accept").start()
         return int(listener.getsockname()[1])
+
+    def cut(self) -> None:
+        """Drop every connection at once (both ends see it closed) and stop listening, like a dead host."""
+        self._stopped.set()
+        for sock in [self._listener, *self._sockets]:
+            if sock is not None:
+                # shutdown() wakes the threads blocked on the socket and sends the FIN; close() does not.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
 
     def stop(self) -> None:
         self._stopped.set()

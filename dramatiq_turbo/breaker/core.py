@@ -245,7 +245,7 @@ class Breaker:
             generation=admission.generation,
             outcome=outcome,
             token=admission.token,
-            then=lambda reply: self._recorded(reply, outcome),
+            then=lambda call: self._recorded(call.reply, outcome, call.sent_at),
         )
 
     def release(self, admission: Admission) -> None:
@@ -284,7 +284,7 @@ class Breaker:
             return
         self._learn(reply)
 
-    def _recorded(self, reply: Any, outcome: str) -> None:
+    def _recorded(self, reply: Any, outcome: str, sent_at: float | None = None) -> None:
         if isinstance(reply, Exception):
             self.stores.failed(reply)
             self._closed_until = 0.0
@@ -293,7 +293,7 @@ class Breaker:
                 generation = self.local.generation(self.name)
                 self._record_here(self.local, self._local_admission(generation), outcome)
             return
-        self.stores.succeeded()
+        self.stores.succeeded(sent_at)
         self._learn(reply_of(reply), shared=True)
 
     def _local_admission(self, generation: int) -> Admission:
@@ -306,7 +306,7 @@ class Breaker:
         if call is not None and not call.sent:
             send_calls([call])
         if call is not None and self.shared is not None:
-            store, reply = self.stores.answer(lambda: reply_of(call.result()), decide)
+            store, reply = self.stores.answer(lambda: reply_of(call.result()), decide, sent_at=call.sent_at)
         else:
             store, reply = self.stores.run(decide)
         self._learn(reply, shared=store is self.shared)

@@ -477,7 +477,13 @@ class MultiLevelCache:
             self._failed(error)
             return self._turn(pending.key, pending._flight, "", pending._waited)
         return self._took_turn(
-            pending.key, pending._flight, pending._deadline, pending._waited, turn, pending._generation
+            pending.key,
+            pending._flight,
+            pending._deadline,
+            pending._waited,
+            turn,
+            pending._generation,
+            sent_at=call.sent_at,
         )
 
     def _remote_begin(
@@ -493,12 +499,13 @@ class MultiLevelCache:
         if self._usable_store() is None or leases is None:
             return self._turn(key, flight, "", waited)
         generation = self._invalidations
+        sent_at = time.monotonic()
         try:
             turn = leases.begin(key, deadline=deadline, skip_value=skip_value)
         except redis.RedisError as error:
             self._failed(error)
             return self._turn(key, flight, "", waited)
-        return self._took_turn(key, flight, deadline, waited, turn, generation)
+        return self._took_turn(key, flight, deadline, waited, turn, generation, sent_at=sent_at)
 
     def _took_turn(
         self,
@@ -508,8 +515,10 @@ class MultiLevelCache:
         waited: str | None,
         turn: RemoteTurn,
         generation: int,
+        *,
+        sent_at: float | None = None,
     ) -> Lookup:
-        self.outage.succeeded()
+        self.outage.succeeded(sent_at)
         if turn.waited:
             waited = "value"
         if turn.kind == "hit":
@@ -572,11 +581,11 @@ class MultiLevelCache:
             # and another process can take the turn.
             leases.forget(key)
 
-    def _finished(self, reply: Any) -> None:
-        if isinstance(reply, redis.RedisError):
-            self._failed(reply)
+    def _finished(self, call: Call) -> None:
+        if isinstance(call.reply, redis.RedisError):
+            self._failed(call.reply)
         else:
-            self.outage.succeeded()
+            self.outage.succeeded(call.sent_at)
 
     def _decode(self, key: str, data: bytes, ttl: int, generation: int) -> Any:
         """Decode a value read from L2 and fill L1 with it, unless an invalidation arrived meanwhile.

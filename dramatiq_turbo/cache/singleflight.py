@@ -253,13 +253,22 @@ class Leases:
                 held = list(self._held.items())
             for lease_key, token in held:
                 try:
-                    if not script(keys=[lease_key], args=[token, self.lease_ttl], client=self.store.client):
-                        logger.warning(
-                            "Single-flight lease %s was lost; another process may compute too.", lease_key
-                        )
-                        self._release(lease_key)
+                    renewed = script(keys=[lease_key], args=[token, self.lease_ttl], client=self.store.client)
                 except redis.RedisError as error:
                     logger.debug("Could not renew lease %s: %s", lease_key, error)
+                    continue
+                if not renewed:
+                    self._lost(lease_key, token)
+
+    def _lost(self, lease_key: str, token: str) -> None:
+        """Renewing ``token``'s lease found nothing: lost, unless its turn ended or a new one began."""
+        with self._held_lock:
+            if self._held.get(lease_key) != token:
+                # Released after the copy, or held again with a new token,
+                # which must go on being renewed.
+                return
+            del self._held[lease_key]
+        logger.warning("Single-flight lease %s was lost; another process may compute too.", lease_key)
 
     def _waiting(self) -> redis.Redis:
         """The client for blocking pops: one whose socket timeout outlasts the longest pop.

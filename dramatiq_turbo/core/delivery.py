@@ -71,11 +71,12 @@ class Call:
       script(Script): From ``load_script``; run with ``EVALSHA`` (loaded on ``NOSCRIPT``).
       keys(list): The script's keys (one cluster slot).
       args(list): The script's arguments.
-      then(callable): Called with the reply, or with the ``redis.RedisError``
-        the call failed with, once the trip is back.  It must not raise.
+      then(callable): Called with this call once the trip is back: its
+        ``reply`` (or the ``redis.RedisError`` the call failed with) and its
+        ``sent_at``.  It must not raise.
     """
 
-    __slots__ = ("args", "client", "keys", "reply", "script", "then")
+    __slots__ = ("args", "client", "keys", "reply", "script", "sent_at", "then")
 
     def __init__(
         self,
@@ -84,7 +85,7 @@ class Call:
         keys: Sequence[Any],
         args: Sequence[Any],
         *,
-        then: Callable[[Any], None] | None = None,
+        then: Callable[[Call], None] | None = None,
     ) -> None:
         self.client = client
         self.script = script
@@ -92,6 +93,8 @@ class Call:
         self.args = args
         self.then = then
         self.reply: Any = _UNSENT
+        #: When the call went out (``time.monotonic()``), once it has.
+        self.sent_at: float | None = None
 
     @property
     def sent(self) -> bool:
@@ -130,7 +133,7 @@ def send_calls(calls: Sequence[Call]) -> None:
     for call in calls:
         if call.then is not None:
             try:
-                call.then(call.reply)
+                call.then(call)
             except Exception:  # a bug in a gate must not cost the other gates their replies
                 logger.exception("A gate failed to take the reply of its Redis call.")
 
@@ -140,6 +143,9 @@ def _send_group(group: list[Call]) -> None:
     sendable, packed = _packed(group)
     if not sendable:
         return
+    sent_at = time.monotonic()
+    for call in sendable:
+        call.sent_at = sent_at
     try:
         replies = execute_packed_pipeline(client, packed)
     except redis.RedisError as error:

@@ -78,9 +78,9 @@ class Fallback(Generic[S]):
         self._failed_at = time.monotonic()
         self.outage.failed(error)
 
-    def succeeded(self) -> None:
-        """A call to the shared store worked."""
-        self.outage.succeeded()
+    def succeeded(self, sent_at: float | None = None) -> None:
+        """A call to the shared store, sent at ``sent_at`` (``time.monotonic()``), worked."""
+        self.outage.succeeded(sent_at)
 
     def run(self, decide: Callable[[S], T], *, local_on_error: bool = True) -> tuple[S, T]:
         """``decide(store)`` on the current store, and on the local one when Redis fails.
@@ -94,6 +94,7 @@ class Fallback(Generic[S]):
         store = self.current()
         if store is self.local:
             return store, decide(store)
+        sent_at = time.monotonic()
         try:
             answer = decide(store)
         except self.errors as error:
@@ -101,13 +102,22 @@ class Fallback(Generic[S]):
             if not local_on_error:
                 raise
             return self.local, decide(self.local)
-        self.succeeded()
+        self.succeeded(sent_at)
         return store, answer
 
     def answer(
-        self, reply: Callable[[], T], decide: Callable[[S], T], *, local_on_error: bool = True
+        self,
+        reply: Callable[[], T],
+        decide: Callable[[S], T],
+        *,
+        local_on_error: bool = True,
+        sent_at: float | None = None,
     ) -> tuple[S, T]:
-        """The shared store's answer from a call already sent (``reply()`` raises its error), as ``run``."""
+        """The shared store's answer from a call already sent (``reply()`` raises its error), as ``run``.
+
+        ``sent_at`` is when the call went out (``Call.sent_at``): its success
+        ends an outage only if it was sent after the outage began.
+        """
         assert self.shared is not None
         try:
             answer = reply()
@@ -116,5 +126,5 @@ class Fallback(Generic[S]):
             if not local_on_error:
                 raise
             return self.local, decide(self.local)
-        self.succeeded()
+        self.succeeded(sent_at)
         return self.shared, answer

@@ -111,9 +111,14 @@ class LeaseRenewer:
             except Exception as error:
                 logger.warning("Could not renew %d concurrency lease(s) of %s: %s", len(group), key, error)
                 continue
-            if renewed < len(group):
+            with self._lock:
+                # A block that ended after the copy above released its slot,
+                # so renewing it found nothing: that is no expiry.
+                ended = sum(1 for hold in group if hold not in self._held)
+            expired = len(group) - renewed - ended
+            if expired > 0:
                 logger.warning(
                     "%d concurrency lease(s) of %s expired while running; raise rate_limit 'lease'.",
-                    len(group) - renewed,
+                    expired,
                     key,
                 )

@@ -297,6 +297,7 @@ class RateLimiter(Gate):
                 lambda: decision_of(call.result()),
                 self._deciding(attempt, self.max_wait),
                 local_on_error=self.fail_open,
+                sent_at=call.sent_at,
             )
         except redis_lib.RedisError:
             self._fail_closed(broker, message, attempt)
@@ -353,10 +354,10 @@ class RateLimiter(Gate):
         else:
             store.release(key, token, refund=refund)
 
-    def _released(self, reply: Any) -> None:
-        if isinstance(reply, redis_lib.RedisError):
+    def _released(self, call: Call) -> None:
+        if isinstance(call.reply, redis_lib.RedisError):
             # The lease expires by itself; the start stays counted.
-            self.stores.failed(reply)
+            self.stores.failed(call.reply)
 
 
 def _token(message: Any) -> str:

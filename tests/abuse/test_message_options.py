@@ -10,7 +10,7 @@ or *dead-lettered*, the worker thread must go on to run the next message,
 and no exception may escape from ``dramatiq_turbo`` code except in a log
 line that reports a refusal on purpose.
 
-The decisions, per option (see ``docs/abuse-notes.md``):
+The decisions, per option (see ``docs/reliability.md``):
 
 * ``cache``, ``cache_ttl``, ``cache_key``, ``cache_version``,
   ``rate_limit``: a malformed message value is ignored with a warning that
