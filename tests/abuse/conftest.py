@@ -19,6 +19,7 @@ from typing import Any
 
 import dramatiq
 import pytest
+import redis
 from dramatiq import Worker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import Middleware
@@ -30,7 +31,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 import dramatiq_turbo
 from dramatiq_turbo import install
+from dramatiq_turbo.redis import connect_redis
 from dramatiq_turbo.telemetry import Telemetry
+from tests import harness
 from tests.harness import wait_for
 
 #: Where the library's code lives: a traceback whose innermost frame is here came from it.
@@ -232,3 +235,21 @@ def make_stack(otel_memory: Any) -> Iterator[Any]:
     for stack in stacks:
         stack.worker.stop(timeout=10_000)
         stack.broker.close()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the test database (not flushed: other suites may use it at the same time)."""
+    connection = connect_redis(redis_url)
+    yield connection
+    connection.close()
+
+
+@pytest.fixture
+def namespace(client: redis.Redis) -> Iterator[str]:
+    """A namespace of this test's own; every key under it is deleted afterwards."""
+    name = harness.unique("turbo:abuse")
+    yield name
+    keys = list(client.scan_iter(f"{name}:*", count=1000))
+    if keys:
+        client.delete(*keys)

@@ -34,28 +34,9 @@ import redis
 
 from dramatiq_turbo.cache import MultiLevelCache, ResultCache
 from dramatiq_turbo.cache.hashing import args_key
-from dramatiq_turbo.redis import connect_redis
 from tests import harness
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    """A client of the test database (not flushed: other suites may use it at the same time)."""
-    connection = connect_redis(redis_url)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def namespace(client: redis.Redis) -> Iterator[str]:
-    """A namespace of this test's own; every key under it is deleted afterwards."""
-    name = harness.unique("turbo:abuse")
-    yield name
-    keys = list(client.scan_iter(f"{name}:*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 @pytest.fixture

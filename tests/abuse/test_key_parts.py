@@ -14,7 +14,6 @@ delimit a Redis Cluster hash tag.  Each name is escaped inside its tag
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import dramatiq
@@ -27,8 +26,6 @@ from dramatiq_turbo.options import MAX_MS
 from dramatiq_turbo.ratelimit import RateLimiter
 from dramatiq_turbo.ratelimit.rules import Rule, key_budget
 from dramatiq_turbo.ratelimit.store import RedisLimitStore
-from dramatiq_turbo.redis import connect_redis
-from tests import harness
 
 pytestmark = pytest.mark.integration
 
@@ -52,22 +49,6 @@ NAMES = [
     "k}:wake",
     "k}:waiters",
 ]
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    connection = connect_redis(redis_url)
-    yield connection
-    connection.close()
-
-
-@pytest.fixture
-def namespace(client: redis.Redis) -> Iterator[str]:
-    name = harness.unique("turbo:abuse")
-    yield name
-    keys = list(client.scan_iter(f"{name}:*", count=1000))
-    if keys:
-        client.delete(*keys)
 
 
 def _slots(keys: list[str]) -> set[int]:
