@@ -135,13 +135,11 @@ def test_open_breaker_rejects_without_asking_the_store(make_breaker):
         if store is not None:
             original = store.acquire
             store.acquire = lambda *a, _o=original, **k: asked.append(1) or _o(*a, **k)
-    started = time.perf_counter()
     for _ in range(1_000):
         with pytest.raises(CircuitOpenError):
             b.acquire()
-    per_call = (time.perf_counter() - started) / 1_000
-    assert asked == [], "the open state is known locally"
-    assert per_call < 0.001
+    # How fast a refusal is, is benchmarks/bench_resilience_breaker.py's to show, not a timed test's.
+    assert asked == [], "the open state is known locally: 1,000 refusals, no store asked"
 
 
 def test_concurrent_calls_are_not_serialized(make_breaker):
