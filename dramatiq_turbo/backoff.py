@@ -342,20 +342,10 @@ class Backoff(Middleware):
     ) -> None:
         if exception is None:
             return
-        try:
-            actor_options = broker.get_actor(message.actor_name).options
-        except ActorNotFound:
-            actor_options = {}
 
         def option(name: str, default: Any) -> Any:
-            value = message.options.get(name, _MISSING)
-            if value is _MISSING:
-                return actor_options.get(name, default)
-            check = _MESSAGE_CHECKS.get(name)
-            if check is None:
-                return value
-            # Set by whoever sent the message: a bad value is ignored, not fatal.
-            return message_option(broker, message, name, default, check=check)
+            # Set by whoever sent the message: a bad value is ignored (with a warning), not fatal.
+            return message_option(broker, message, name, default, check=_MESSAGE_CHECKS.get(name, _as_is))
 
         retries = option("retries", 0)
         message.options["retries"] = retries
@@ -383,7 +373,17 @@ class Backoff(Middleware):
         if exhausted:
             self._give_up(broker, message, exception, "retries exhausted", retries, max_retries)
             return
+        self._retry(broker, message, exception, retries, option)
 
+    def _retry(
+        self,
+        broker: dramatiq.Broker,
+        message: Any,
+        exception: BaseException,
+        retries: int,
+        option: Callable[[str, Any], Any],
+    ) -> None:
+        """Enqueue the message again after its delay; dead-letter it if even that fails."""
         try:
             delay = self._delay(message, exception, retries, option)
             message.options[_LAST_DELAY_OPTION] = delay
@@ -460,7 +460,8 @@ class Backoff(Middleware):
             broker.get_actor(target).send(message.asdict(), {"retries": retries, "max_retries": max_retries})
 
 
-_MISSING = object()
+def _as_is(value: Any) -> Any:
+    return value
 
 
 def _check_retries(value: Any) -> int:
